@@ -1,0 +1,408 @@
+"""The simulated kernel: one instance holds everything a scenario runs on.
+
+A :class:`Kernel` owns the checkers (the WARN log, the slab's live set, lockdep, the
+happens-before tracker), the fault injector, the scheduler hook, and the per-subsystem state
+(chrdev map, classes, iommu group IDA, workqueue, driver core).  Nothing is global, so two
+kernels never see each other, and the explorer can build a fresh one per schedule.
+
+Two modes, fixed when the kernel is built:
+
+* free-running (``Kernel()``): model threads are real ``threading`` threads, locks are real
+  locks, and the scheduling hook is a no-op;
+* controlled (``Kernel(sched=...)``, built by the explorer): exactly one model thread runs at a
+  time and every scheduling point hands control to the scheduler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from .fault import FaultInjector
+    from .hb import HappensBefore
+    from .lockdep import Lockdep, LockdepReport
+    from .sched import Scheduler
+    from .slab import Leak, Slab
+
+CAP_SYS_RAWIO: Final = "CAP_SYS_RAWIO"
+CAP_SYS_ADMIN: Final = "CAP_SYS_ADMIN"
+ALL_CAPS: Final = frozenset({CAP_SYS_RAWIO, CAP_SYS_ADMIN})
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MODEL_DIRS = (os.path.join(_PKG_DIR, "kernel"), os.path.join(_PKG_DIR, "vfio"))
+_SKIP_FRAMES = frozenset(
+    {
+        "WARN_ON", "WARN_ON_ONCE", "WARN", "WARN_ONCE", "dev_WARN", "BUG_ON", "BUG",
+        "backtrace", "model_site", "__init__", "__getattribute__", "__setattr__", "point",
+        "<lambda>", "<genexpr>", "<listcomp>", "<module>",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------
+# Faults: what ends a model thread the way an oops ends a kernel task.
+
+
+class KernelFault(Exception):
+    """Base of everything the simulated kernel raises instead of corrupting memory.
+
+    ``kind`` is the finding kind a verdict reports it as.
+    """
+
+    kind = "bug"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.thread = current_thread_name()
+        self.backtrace: tuple[str, ...] = ()
+
+
+class KernelBug(KernelFault):
+    """BUG_ON() fired (or an invalid free): the calling task oopses and stops."""
+
+    kind = "bug"
+
+
+class UseAfterFree(KernelFault):
+    """A field of a kfree'd object was read or written (KASAN: use-after-free)."""
+
+    kind = "use-after-free"
+
+
+class DoubleFree(KernelFault):
+    """kfree() of an object that was already freed (KASAN: double-free)."""
+
+    kind = "double-free"
+
+
+class Deadlock(KernelFault):
+    """The calling task can never make progress: it waits for itself, or on a wait-for cycle."""
+
+    kind = "deadlock"
+
+
+class ModelUsageError(Exception):
+    """A caller used the model wrongly (bad name, closed file, dead kernel...): not a kernel bug."""
+
+
+# --------------------------------------------------------------------------------------
+# Where in the model are we?  Backtraces name kernel functions only.
+
+
+def _is_model_frame(f: FrameType) -> bool:
+    return f.f_code.co_filename.startswith(_MODEL_DIRS)
+
+
+def backtrace(skip: int = 1, limit: int = 12) -> tuple[str, ...]:
+    """Kernel function names on the calling stack, innermost first (the model's call trace)."""
+    f: FrameType | None = sys._getframe(skip)
+    out: list[str] = []
+    while f is not None and len(out) < limit:
+        name = f.f_code.co_name
+        if _is_model_frame(f) and name not in _SKIP_FRAMES and not name.startswith("_"):
+            out.append(name)
+        elif _is_model_frame(f) and name.startswith("__vfio"):
+            out.append(name)  # kernel functions with leading underscores keep them
+        f = f.f_back
+    return tuple(out)
+
+
+def model_site(skip: int = 1) -> tuple[str, str]:
+    """(innermost kernel function, 'file:line') of the caller, skipping the substrate helpers."""
+    f: FrameType | None = sys._getframe(skip)
+    fallback: tuple[str, str] | None = None
+    while f is not None:
+        name = f.f_code.co_name
+        if name not in _SKIP_FRAMES:
+            if _is_model_frame(f):
+                rel = os.path.relpath(f.f_code.co_filename, os.path.dirname(_PKG_DIR))
+                return name, f"{rel}:{f.f_lineno}"
+            if fallback is None:
+                fallback = (name, f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}")
+        f = f.f_back
+    return fallback if fallback is not None else ("?", "?")
+
+
+def caller_outside(filename: str, skip: int = 2) -> str:
+    """The first kernel function on the stack defined outside ``filename`` (the caller of a
+    substrate API, e.g. ``vfio_group_alloc`` for an ida_alloc_max it made)."""
+    f: FrameType | None = sys._getframe(skip)
+    while f is not None:
+        if f.f_code.co_filename != filename and f.f_code.co_name not in _SKIP_FRAMES:
+            return f.f_code.co_name
+        f = f.f_back
+    return "?"
+
+
+# --------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class WarnEvent:
+    """One WARN that fired.
+
+    ``function`` is the kernel function holding the WARN (``refcount_warn_saturate`` for the
+    refcount_t warnings), ``message`` the kernel's condition text (WARN_ON) or message (WARN),
+    ``backtrace`` the kernel functions that led there, innermost first.  ``printed`` is False
+    for a WARN_ONCE the kernel would not print again (the event is recorded anyway).
+    """
+
+    function: str
+    message: str
+    macro: str
+    thread: str
+    site: str
+    backtrace: tuple[str, ...]
+    printed: bool = True
+    step: int | None = None
+
+    @property
+    def caller(self) -> str:
+        """The first function above the WARN site (who called refcount_inc, say)."""
+        for name in self.backtrace:
+            if name != self.function:
+                return name
+        return self.function
+
+    def __str__(self) -> str:
+        chain = " <- ".join(self.backtrace)
+        return f"WARNING in {self.function}: {self.message} [{self.macro}; {chain}; {self.thread}]"
+
+
+@dataclass(eq=False)
+class Task:
+    """A thread of the simulated kernel (``current``): its name, capabilities and held locks."""
+
+    name: str
+    tid: int
+    caps: frozenset[str] = ALL_CAPS
+    held: list[Any] = field(default_factory=list)
+    waiting_for: Any = None
+    kernel_id: int = 0
+    exited: bool = False
+
+    def capable(self, cap: str) -> bool:
+        return cap in self.caps
+
+
+_tls = threading.local()
+
+
+def current_thread_name() -> str:
+    t = getattr(_tls, "task", None)
+    if t is not None:
+        return str(t.name)
+    return threading.current_thread().name
+
+
+# --------------------------------------------------------------------------------------
+# The kernel
+
+
+class Kernel:
+    """A fresh simulated kernel.
+
+    Checkers:
+      ``warnings``        every WARN that fired (:class:`WarnEvent`), printed or not;
+      ``lockdep_reports`` lock-order problems seen (no deadlock needed);
+      ``faults``          KernelFaults that ended a model thread (BUG, UAF, double free...);
+      ``leaks()``         what is still allocated or referenced at the end.
+
+    ``sched`` is None in free-running mode; the explorer passes its scheduler.  ``lockdep``
+    and ``kasan`` can be switched off to measure what they cost.
+    """
+
+    def __init__(
+        self,
+        *,
+        sched: Scheduler | None = None,
+        lockdep: bool = True,
+        kasan: bool = True,
+        hb: bool | None = None,
+        hang_timeout: float = 10.0,
+    ) -> None:
+        from .fault import FaultInjector
+        from .hb import HappensBefore
+        from .lockdep import Lockdep
+        from .slab import Slab
+
+        self.sched: Scheduler | None = sched
+        self.warnings: list[WarnEvent] = []
+        self.faults: list[KernelFault] = []
+        self.log: list[str] = []
+        self.slab: Slab = Slab(self, kasan=kasan)
+        self.lockdep_enabled = lockdep
+        self.lockdep: Lockdep = Lockdep(self)
+        self.fault_inject: FaultInjector = FaultInjector(self)
+        # Happens-before checking needs a single controlled timeline: on by default
+        # under the explorer, off in free-running mode.
+        use_hb = (sched is not None) if hb is None else hb
+        self.hb: HappensBefore | None = HappensBefore(self) if use_hb else None
+        self.hang_timeout = hang_timeout
+        self.state: dict[str, Any] = {}
+        self.tainted: set[str] = set()
+        self.oopsed = False
+        self.dead = False  # set once the scenario has torn the platform down
+        self._warn_once_seen: set[tuple[str, str]] = set()
+        self._tids = itertools.count()
+        self._tasks: list[Task] = []
+        self._sched_task: Task | None = None  # set by the scheduler on each switch
+        self._lock = threading.Lock()  # guards the kernel's own bookkeeping lists
+        self.init_task = self.new_task("init")
+        # Set once more than one real thread runs model code: atomics then take atomic_lock.
+        self.smp = False
+        self.atomic_lock = threading.Lock()
+        self._os_threads: set[int] = set()
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def new_task(self, name: str, caps: frozenset[str] = ALL_CAPS) -> Task:
+        with self._lock:
+            t = Task(name=name, tid=next(self._tids), caps=caps, kernel_id=id(self))
+            self._tasks.append(t)
+        return t
+
+    def current(self) -> Task:
+        """The running task (``current`` in the kernel)."""
+        t = self._sched_task
+        if t is not None:
+            return t
+        t = getattr(_tls, "task", None)
+        if t is None or t.kernel_id != id(self):
+            t = self.new_task(threading.current_thread().name)
+            _tls.task = t
+            self._os_threads.add(threading.get_ident())
+            if len(self._os_threads) > 1:
+                self.smp = True
+        return t
+
+    @contextmanager
+    def as_task(self, task: Task) -> Iterator[Task]:
+        """Run the body as ``task`` on this OS thread (free-running mode)."""
+        prev = getattr(_tls, "task", None)
+        _tls.task = task
+        try:
+            yield task
+        finally:
+            _tls.task = prev
+
+    @contextmanager
+    def capabilities(self, caps: frozenset[str] | set[str]) -> Iterator[None]:
+        """Temporarily give the current task exactly ``caps`` (e.g. drop CAP_SYS_RAWIO)."""
+        t = self.current()
+        prev = t.caps
+        t.caps = frozenset(caps)
+        try:
+            yield
+        finally:
+            t.caps = prev
+
+    def capable(self, cap: str) -> bool:
+        return self.current().capable(cap)
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def step(self) -> int | None:
+        s = self.sched
+        return None if s is None else s.step_no
+
+    # -- reports -----------------------------------------------------------------------
+
+    def record_warn(
+        self, function: str, message: str, macro: str, site: str, *, once: bool = False
+    ) -> WarnEvent:
+        printed = True
+        if once:
+            key = (function, message)
+            printed = key not in self._warn_once_seen
+            self._warn_once_seen.add(key)
+        ev = WarnEvent(
+            function=function,
+            message=message,
+            macro=macro,
+            thread=self.current().name,
+            site=site,
+            backtrace=backtrace(3),
+            printed=printed,
+            step=self.step(),
+        )
+        with self._lock:
+            self.warnings.append(ev)
+        if printed:
+            self.printk(f"WARNING: {function}: {message}")
+        return ev
+
+    def record_fault(self, exc: KernelFault) -> None:
+        """Note a fault that ended a model thread (called by the thread runners)."""
+        with self._lock:
+            if exc not in self.faults:
+                self.faults.append(exc)
+        self.oopsed = True
+
+    def printk(self, line: str) -> None:
+        self.log.append(line)
+
+    @property
+    def lockdep_reports(self) -> list[LockdepReport]:
+        return self.lockdep.reports
+
+    def leaks(self) -> list[Leak]:
+        """Objects still allocated (kmemleak's 'unreferenced object'), each with what holds it."""
+        return self.slab.leaks()
+
+    def clear_warn_once(self) -> None:
+        """As /sys/kernel/debug/clear_warn_once: WARN_ONCE sites print again."""
+        self._warn_once_seen.clear()
+
+    # -- running model code on real threads (free-running mode) -------------------------
+
+    def run_threads(
+        self, *fns: Callable[[], object], names: tuple[str, ...] | None = None
+    ) -> list[KernelFault]:
+        """Run each callable on its own ``threading`` thread as its own task, join them all.
+
+        A KernelFault raised in a thread ends that thread and is recorded in ``faults``
+        (and returned); other exceptions propagate to the caller after the join.
+        """
+        if self.sched is not None:
+            raise ModelUsageError("run_threads() is for free-running kernels; use the explorer")
+        errors: list[BaseException] = []
+        faults: list[KernelFault] = []
+        tasks = [self.new_task(names[i] if names else f"T{i}") for i in range(len(fns))]
+        self.smp = True
+
+        def body(task: Task, fn: Callable[[], object]) -> None:
+            with self.as_task(task):
+                try:
+                    fn()
+                except KernelFault as e:
+                    self.record_fault(e)
+                    faults.append(e)
+                except BaseException as e:
+                    errors.append(e)
+                finally:
+                    task.exited = True
+
+        threads = [
+            threading.Thread(target=body, args=(t, fn), name=t.name, daemon=True)
+            for t, fn in zip(tasks, fns, strict=True)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(self.hang_timeout * 2)
+            if th.is_alive():
+                raise Deadlock(f"thread {th.name} did not finish within {self.hang_timeout * 2}s")
+        if errors:
+            raise errors[0]
+        return faults

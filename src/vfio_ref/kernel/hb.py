@@ -1,0 +1,129 @@
+"""Happens-before tracking with vector clocks, as KCSAN and FastTrack reason about races.
+
+Ordering edges (each a release on one side and an acquire on the other):
+
+* mutex_unlock -> the next mutex_lock of that mutex; up_write -> down_read/down_write;
+  up_read -> down_write (so an rwsem writer comes after every reader that was inside);
+* a refcount_t decrement is a release; the decrement that reaches zero is also an acquire;
+* value-returning atomic read-modify-writes are fully ordered (void atomics, atomic_read and
+  atomic_set are not: the model treats every RMW as ordered, which can only hide races);
+* schedule_work -> the work function; complete -> wait_for_completion; wake_up -> the waiter;
+* thread start -> its first step; a thread's end -> whoever joins it.
+
+Tracked locations (list heads, fields declared shared) record their last write and the reads
+since; an access that conflicts with one it is not ordered after is a data race.
+Complexity: O(threads) per synchronising operation or tracked access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .core import model_site
+
+if TYPE_CHECKING:
+    from .core import Kernel, Task
+
+VC = dict[int, int]
+
+
+@dataclass(frozen=True)
+class DataRace:
+    location: str
+    first: str  # "write in f [T0]"
+    second: str
+    step: int | None
+
+    def __str__(self) -> str:
+        return f"data-race on {self.location}: {self.first} vs {self.second}"
+
+
+class _Access:
+    __slots__ = ("reads", "w_clock", "w_fn", "w_name", "w_tid")
+
+    def __init__(self) -> None:
+        self.w_tid = -1
+        self.w_clock = 0
+        self.w_fn = ""
+        self.w_name = ""
+        self.reads: dict[int, tuple[int, str, str]] = {}
+
+
+def _join(dst: VC, src: VC) -> None:
+    for k, v in src.items():
+        if dst.get(k, 0) < v:
+            dst[k] = v
+
+
+class HappensBefore:
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.clocks: dict[int, VC] = {}
+        self.sync: dict[Any, VC] = {}
+        self.locs: dict[tuple[Any, str], _Access] = {}
+        self.races: list[DataRace] = []
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def clock(self, t: Task) -> VC:
+        vc = self.clocks.get(t.tid)
+        if vc is None:
+            vc = self.clocks[t.tid] = {t.tid: 1}
+        return vc
+
+    def acquire(self, t: Task, key: Any) -> None:
+        s = self.sync.get(key)
+        if s is not None:
+            _join(self.clock(t), s)
+
+    def release(self, t: Task, key: Any) -> None:
+        vc = self.clock(t)
+        s = self.sync.get(key)
+        if s is None:
+            self.sync[key] = dict(vc)
+        else:
+            _join(s, vc)
+        vc[t.tid] = vc.get(t.tid, 0) + 1
+
+    def fork(self, parent: Task, child: Task) -> None:
+        pvc = self.clock(parent)
+        cvc = dict(pvc)
+        cvc[child.tid] = cvc.get(child.tid, 0) + 1
+        self.clocks[child.tid] = cvc
+        pvc[parent.tid] += 1
+
+    def join(self, parent: Task, child: Task) -> None:
+        _join(self.clock(parent), self.clock(child))
+
+    def access(self, t: Task, obj: Any, field: str, write: bool) -> None:
+        vc = self.clock(t)
+        key = (obj, field)
+        a = self.locs.get(key)
+        if a is None:
+            a = self.locs[key] = _Access()
+        tid = t.tid
+        if a.w_tid >= 0 and a.w_tid != tid and a.w_clock > vc.get(a.w_tid, 0):
+            self._race(obj, field, f"write in {a.w_fn} [{a.w_name}]", t, write)
+        if write:
+            for rtid, (rclock, rfn, rname) in a.reads.items():
+                if rtid != tid and rclock > vc.get(rtid, 0):
+                    self._race(obj, field, f"read in {rfn} [{rname}]", t, write)
+            a.w_tid = tid
+            a.w_clock = vc[tid]
+            a.w_fn = model_site(3)[0]
+            a.w_name = t.name
+            a.reads = {}
+        else:
+            a.reads[tid] = (vc[tid], model_site(3)[0], t.name)
+
+    def _race(self, obj: Any, field: str, first: str, t: Task, write: bool) -> None:
+        fn = model_site(4)[0]
+        second = f"{'write' if write else 'read'} in {fn} [{t.name}]"
+        loc = f"{type(obj).__name__}.{field}"
+        key = (loc, first.split(" [")[0], second.split(" [")[0])
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        race = DataRace(loc, first, second, self.kernel.step())
+        self.races.append(race)
+        self.kernel.printk(f"BUG: KCSAN: {race}")

@@ -1,0 +1,256 @@
+"""kzalloc / kfree with KASAN-like poisoning and a kmemleak-like live set (mm/slab_common.c).
+
+Model structs derive from :class:`KStruct`.  ``kzalloc(k, VfioGroup)`` builds one (fields
+zeroed by its constructor), registers it as live with the allocating kernel function, and
+passes the fault injector first: a failed allocation returns None, as the kernel returns NULL.
+
+``kfree`` poisons the object by switching its class to a poisoned twin whose attribute access
+raises :class:`UseAfterFree` naming the type, the field, who freed it and who touched it.
+Live objects keep their own class, so poisoning costs nothing on their field accesses.
+Structs embedded in a freed one (its ``_embedded`` fields: a struct device, a cdev, a mutex,
+a list node) are poisoned with it: they share the container's memory.
+
+Complexity: kzalloc O(1), kfree O(embedded fields), leaks() O(live objects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, model_site
+from .errno import IS_ERR
+
+if TYPE_CHECKING:
+    pass
+
+T = TypeVar("T", bound="KStruct")
+
+
+@dataclass(frozen=True)
+class AllocInfo:
+    type: str
+    function: str
+    thread: str
+    step: int | None
+    backtrace: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FreeInfo:
+    type: str
+    function: str
+    thread: str
+    step: int | None
+    backtrace: tuple[str, ...]
+    allocated: AllocInfo | None
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One object still alive when the scenario ended (kmemleak: 'unreferenced object')."""
+
+    type: str
+    allocated_by: str
+    thread: str
+    detail: str
+    backtrace: tuple[str, ...]
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"unreferenced object {self.type}{extra}, allocated by {self.allocated_by} [{self.thread}]"
+
+
+class KStruct:
+    """Base of model structs.  ``_embedded`` names fields whose objects share this memory.
+
+    ``_poison`` holds the FreeInfo once freed; it is the only attribute a freed object
+    still answers.
+    """
+
+    _embedded: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, kernel: Kernel, *args: Any, **kwargs: Any) -> None:
+        self.kernel = kernel
+
+    def leak_detail(self) -> str:
+        """What a leak report should say about this object (its refcounts, its name)."""
+        return ""
+
+
+_poisoned: dict[type, type] = {}
+_ALLOWED_ON_FREED = frozenset({"__class__", "_poison", "__dict__", "_embedded", "__slots__"})
+
+
+def _freed_getattribute(self: Any, name: str) -> Any:
+    if name in _ALLOWED_ON_FREED:
+        return object.__getattribute__(self, name)
+    raise _uaf(self, name, "read")
+
+
+def _freed_setattr(self: Any, name: str, value: Any) -> None:
+    if name == "_poison":
+        object.__setattr__(self, name, value)
+        return
+    raise _uaf(self, name, "write")
+
+
+def _freed_repr(self: Any) -> str:
+    orig = type(self).__mro__[1].__name__
+    return f"<freed {orig} at {id(self):#x}>"
+
+
+def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
+    info: FreeInfo | None = object.__getattribute__(obj, "_poison")
+    fn, site = model_site(3)
+    tname = info.type if info else type(obj).__mro__[1].__name__
+    lines = [f"BUG: KASAN: use-after-free in {fn}: {access} of {tname}.{field} [{site}]"]
+    if info is not None:
+        if info.allocated is not None:
+            a = info.allocated
+            lines.append(f"Allocated by task {a.thread} in {a.function} ({' <- '.join(a.backtrace)})")
+        lines.append(
+            f"Freed by task {info.thread} in {info.function} ({' <- '.join(info.backtrace)})"
+            + (f" at step {info.step}" if info.step is not None else "")
+        )
+    exc = UseAfterFree("\n".join(lines))
+    exc.backtrace = backtrace(3)
+    exc.freed = info  # type: ignore[attr-defined]
+    exc.field = field  # type: ignore[attr-defined]
+    exc.access = access  # type: ignore[attr-defined]
+    exc.function = fn  # type: ignore[attr-defined]
+    return exc
+
+
+def poisoned_class(cls: type) -> type:
+    """The poisoned twin of ``cls``: same layout, every field access raises UseAfterFree."""
+    pc = _poisoned.get(cls)
+    if pc is None:
+        pc = type(
+            f"Freed{cls.__name__}",
+            (cls,),
+            {
+                "__slots__": (),
+                "__getattribute__": _freed_getattribute,
+                "__setattr__": _freed_setattr,
+                "__repr__": _freed_repr,
+            },
+        )
+        _poisoned[cls] = pc
+    return pc
+
+
+def is_freed(obj: object) -> bool:
+    return type(obj) in _poisoned_set
+
+
+_poisoned_set: set[type] = set()
+
+
+def poison(obj: Any, info: FreeInfo | None) -> None:
+    """Turn ``obj`` and everything embedded in it into freed memory."""
+    cls = type(obj)
+    if cls in _poisoned_set:
+        return
+    for name in getattr(cls, "_embedded", ()):
+        inner = object.__getattribute__(obj, name)
+        if inner is not None and not isinstance(inner, (int, str, tuple)):
+            poison(inner, info)
+    pc = poisoned_class(cls)
+    _poisoned_set.add(pc)
+    object.__setattr__(obj, "_poison", info)
+    object.__setattr__(obj, "__class__", pc)
+
+
+class Slab:
+    """The kernel's view of its heap: which model objects are live, and who allocated them."""
+
+    def __init__(self, kernel: Kernel, *, kasan: bool = True) -> None:
+        self.kernel = kernel
+        self.kasan = kasan
+        self.live: dict[int, tuple[object, AllocInfo]] = {}
+        self.allocs = 0
+        self.frees = 0
+
+    def track(self, obj: object, function: str) -> AllocInfo:
+        k = self.kernel
+        info = AllocInfo(
+            type=type(obj).__name__,
+            function=function,
+            thread=k.current().name,
+            step=k.step(),
+            backtrace=backtrace(3),
+        )
+        self.live[id(obj)] = (obj, info)
+        self.allocs += 1
+        return info
+
+    def untrack(self, obj: object) -> AllocInfo | None:
+        entry = self.live.pop(id(obj), None)
+        self.frees += 1
+        return None if entry is None else entry[1]
+
+    def leaks(self) -> list[Leak]:
+        out = []
+        for obj, info in self.live.values():
+            detail = obj.leak_detail() if isinstance(obj, KStruct) else ""
+            out.append(Leak(info.type, info.function, info.thread, detail, info.backtrace))
+        return out
+
+
+def kzalloc(k: Kernel, cls: type[T], *args: Any, **kwargs: Any) -> T | None:
+    """Allocate a zeroed ``cls`` (constructed as ``cls(k, *args)``); None when injected to fail."""
+    fn, _ = model_site(2)
+    if k.fault_inject.should_fail("kzalloc", fn, cls.__name__):
+        return None
+    obj = cls(k, *args, **kwargs)
+    k.slab.track(obj, fn)
+    return obj
+
+
+kmalloc = kzalloc
+
+
+def kfree(k: Kernel, obj: object) -> None:
+    """Free ``obj``: NULL is ignored, a second free raises DoubleFree, an ERR_PTR is a BUG."""
+    if obj is None:
+        return
+    if IS_ERR(obj):
+        fn, site = model_site(2)
+        exc = KernelBug(f"BUG: KASAN: invalid-free in {fn}: kfree({obj!r}) [{site}]")
+        exc.backtrace = backtrace(2)
+        raise exc
+    if type(obj) in _poisoned_set:
+        info: FreeInfo | None = object.__getattribute__(obj, "_poison")
+        fn, site = model_site(2)
+        orig = type(obj).__mro__[1].__name__
+        msg = f"BUG: KASAN: double-free in {fn}: {orig} [{site}]"
+        if info is not None:
+            msg += f"\nFreed by task {info.thread} in {info.function} ({' <- '.join(info.backtrace)})"
+        exc2 = DoubleFree(msg)
+        exc2.backtrace = backtrace(2)
+        raise exc2
+    alloc = k.slab.untrack(obj)
+    if not k.slab.kasan:
+        return
+    fn, _ = model_site(2)
+    info = FreeInfo(
+        type=type(obj).__name__,
+        function=fn,
+        thread=k.current().name,
+        step=k.step(),
+        backtrace=backtrace(2),
+        allocated=alloc,
+    )
+    poison(obj, info)
+
+
+def container_of(member: Any, cls: type[T], field: str) -> Any:
+    """The struct of type ``cls`` that embeds ``member`` as ``field``.
+
+    Embedded objects record their container when it is built (see :func:`embed`).
+    """
+    owner = member.container
+    if type(owner) is not cls and not isinstance(owner, cls):
+        raise TypeError(f"container_of({member!r}, {cls.__name__}, {field}): embedded in {owner!r}")
+    return owner

@@ -1,0 +1,118 @@
+"""Wait queues and completions (kernel/sched/wait.c, kernel/sched/completion.c).
+
+``wait_event(wq, condition)`` sleeps until ``condition()`` is true, re-checking after every
+``wake_up(wq)``; ``complete`` / ``wait_for_completion`` pass a one-shot (counted) event.
+Ordering: wake_up and complete are releases, the wait that returns an acquire.
+
+A wait that can never end becomes a :class:`Deadlock`: under the explorer when no thread can
+run, in free-running mode after the kernel's hang timeout (as the hung-task detector).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .core import Kernel
+from .mutex import wait_free_running
+
+
+class WaitQueueHead:
+    __slots__ = ("_cond", "_poison", "container", "kernel", "lock_class")
+
+    def __init__(self, kernel: Kernel, name: str = "wait_queue") -> None:
+        self.kernel = kernel
+        self.lock_class = name
+        self.container: Any = None
+        self._cond = threading.Condition(threading.Lock()) if kernel.sched is None else None
+
+    def holders(self) -> tuple[()]:
+        return ()
+
+
+def init_waitqueue_head(k: Kernel, name: str = "wait_queue") -> WaitQueueHead:
+    return WaitQueueHead(k, name)
+
+
+def wait_event(wq: WaitQueueHead, condition: Callable[[], bool], *, idle: bool = False) -> None:
+    """Sleep until ``condition()`` holds.  ``idle`` marks a kernel thread waiting for work,
+    which the hang detector leaves alone."""
+    k = wq.kernel
+    s = k.sched
+    t = k.current()
+    if s is not None:
+        s.point("wait_event", wq, condition)
+    else:
+        cond = wq._cond
+        assert cond is not None
+
+        def try_once(tmo: float) -> bool:
+            with cond:
+                if condition():
+                    return True
+                cond.wait(tmo)
+                return condition()
+
+        if not condition():
+            if idle:
+                while not try_once(0.05):
+                    pass
+            else:
+                wait_free_running(k, t, wq, try_once, "wait_event")
+    if k.hb is not None:
+        k.hb.acquire(t, wq)
+
+
+def wake_up(wq: WaitQueueHead) -> None:
+    k = wq.kernel
+    s = k.sched
+    if s is not None:
+        s.point("wake_up", wq)
+    if k.hb is not None:
+        k.hb.release(k.current(), wq)
+    cond = wq._cond
+    if cond is not None:
+        with cond:
+            cond.notify_all()
+
+
+class Completion:
+    __slots__ = ("_poison", "container", "done", "kernel", "wait")
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.done = 0
+        self.wait = WaitQueueHead(kernel, "completion")
+        self.container: Any = None
+
+    def _is_done(self) -> bool:
+        return self.done > 0
+
+
+def init_completion(k: Kernel) -> Completion:
+    return Completion(k)
+
+
+def complete(x: Completion) -> None:
+    x.done += 1
+    wake_up(x.wait)
+
+
+def try_wait_for_completion(x: Completion) -> bool:
+    """Consume the completion if it is done; never sleeps."""
+    k = x.kernel
+    s = k.sched
+    if s is not None:
+        s.point("try_wait_for_completion", x)
+    if x.done > 0:
+        x.done -= 1
+        if k.hb is not None:
+            k.hb.acquire(k.current(), x.wait)
+        return True
+    return False
+
+
+def wait_for_completion(x: Completion) -> None:
+    wait_event(x.wait, x._is_done)
+    x.done -= 1

@@ -1,0 +1,126 @@
+"""The system workqueue: INIT_WORK, schedule_work, flush_scheduled_work (kernel/workqueue.c).
+
+Work runs on a kernel worker thread ("kworker"), started when work is queued and gone once
+the queue is drained: a real thread in free-running mode, a scheduler-controlled thread under
+the explorer, so the work's steps interleave with everyone else's.
+Ordering: schedule_work -> the work function (release / acquire on the work item).
+``schedule_work`` of a work item already pending returns False and queues nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .core import Kernel, KernelFault
+from .wait import WaitQueueHead, wait_event, wake_up
+
+
+class WorkStruct:
+    __slots__ = ("_poison", "container", "func", "pending")
+
+    def __init__(self) -> None:
+        self.func: Callable[[WorkStruct], None] | None = None
+        self.pending = False
+        self.container: Any = None
+
+
+def INIT_WORK(work: WorkStruct, func: Callable[[WorkStruct], None]) -> None:
+    work.func = func
+    work.pending = False
+
+
+class Workqueue:
+    def __init__(self, kernel: Kernel, name: str = "events") -> None:
+        self.kernel = kernel
+        self.name = name
+        self.queue: deque[WorkStruct] = deque()
+        self.running = 0
+        self.worker_active = False
+        self.idle = WaitQueueHead(kernel, f"{name}.idle")
+        self._mutex = threading.Lock()
+        self.workers_started = 0
+
+    def _idle(self) -> bool:
+        return not self.queue and self.running == 0
+
+    def _worker(self) -> None:
+        k = self.kernel
+        t = k.current()
+        while True:
+            with self._mutex:
+                if not self.queue:
+                    self.worker_active = False
+                    break
+                work = self.queue.popleft()
+                work.pending = False
+                self.running += 1
+            if k.hb is not None:
+                k.hb.acquire(t, work)
+            try:
+                assert work.func is not None
+                work.func(work)
+            except KernelFault as e:
+                k.record_fault(e)
+            finally:
+                with self._mutex:
+                    self.running -= 1
+        wake_up(self.idle)
+
+    def queue_work(self, work: WorkStruct) -> bool:
+        k = self.kernel
+        s = k.sched
+        if s is not None:
+            s.point("queue_work", self)
+        if k.hb is not None:
+            k.hb.release(k.current(), work)
+        start = False
+        with self._mutex:
+            if work.pending:
+                return False
+            work.pending = True
+            self.queue.append(work)
+            if not self.worker_active:
+                self.worker_active = True
+                start = True
+        if start:
+            self.workers_started += 1
+            name = f"kworker/{self.workers_started}"
+            if s is not None:
+                s.spawn_daemon(name, self._worker)
+            else:
+                task = k.new_task(name)
+
+                def run() -> None:
+                    with k.as_task(task):
+                        try:
+                            self._worker()
+                        finally:
+                            task.exited = True
+
+                k.smp = True
+                threading.Thread(target=run, name=name, daemon=True).start()
+        return True
+
+    def flush(self) -> None:
+        """Wait until every queued work item has run to completion."""
+        wait_event(self.idle, self._idle)
+
+
+def system_wq(k: Kernel) -> Workqueue:
+    wq = k.state.get("system_wq")
+    if wq is None:
+        wq = k.state["system_wq"] = Workqueue(k)
+    assert isinstance(wq, Workqueue)
+    return wq
+
+
+def schedule_work(k: Kernel, work: WorkStruct) -> bool:
+    """Queue ``work`` on the system workqueue; False if it was already pending."""
+    return system_wq(k).queue_work(work)
+
+
+def flush_scheduled_work(k: Kernel) -> None:
+    system_wq(k).flush()
