@@ -19,6 +19,8 @@ from .core import (
     UseAfterFree,
     WarnEvent,
 )
+from .ida import Ida
+from .idr import Idr
 from .kref import Kref
 from .lockdep import LockdepReport, lockdep_assert_held
 from .mutex import Mutex, SpinLock
@@ -35,6 +37,8 @@ __all__ = [
     "Atomic",
     "Deadlock",
     "DoubleFree",
+    "Ida",
+    "Idr",
     "KStruct",
     "Kernel",
     "KernelBug",

@@ -45,7 +45,7 @@ class Atomic:
             if hb is not None:
                 t = k.current()
                 hb.acquire(t, self)
-                hb.release(t, self)
+                hb.release_exclusive(t, self)
             return old
         if k.smp:
             with k.atomic_lock:
@@ -88,8 +88,9 @@ class Atomic:
         return self._rmw("atomic_inc_not_zero", lambda v: v + 1 if v != 0 else v) != 0
 
     def atomic_dec_if_positive(self) -> int:
-        """Decrement if the result stays >= 0; return old - 1 either way (as the kernel)."""
-        return s32(self._rmw("atomic_dec_if_positive", lambda v: v - 1 if v - 1 >= 0 else v) - 1)
+        """Decrement if the result stays >= 0; return old - 1 either way (as the kernel).
+        The subtraction wraps as a C int, so INT_MIN becomes INT_MAX and is stored."""
+        return s32(self._rmw("atomic_dec_if_positive", lambda v: s32(v - 1) if s32(v - 1) >= 0 else v) - 1)
 
     def __repr__(self) -> str:
         return f"atomic_t({self.counter})"

@@ -29,7 +29,7 @@ def WARN_ON_ONCE(k: Kernel, condition: object, text: str) -> bool:
     """As WARN_ON, but the kernel prints it once per site; every occurrence is still recorded."""
     if condition:
         fn, site = model_site(2)
-        k.record_warn(fn, text, "WARN_ON_ONCE", site, once=True)
+        k.record_warn(fn, text, "WARN_ON_ONCE", site, once=True, once_key=site)
         return True
     return False
 
@@ -46,7 +46,7 @@ def WARN(k: Kernel, condition: object, message: str) -> bool:
 def WARN_ONCE(k: Kernel, condition: object, message: str) -> bool:
     if condition:
         fn, site = model_site(2)
-        k.record_warn(fn, message, "WARN_ONCE", site, once=True)
+        k.record_warn(fn, message, "WARN_ONCE", site, once=True, once_key=site)
         return True
     return False
 
@@ -73,4 +73,5 @@ def BUG(k: Kernel, message: str) -> None:
     fn, site = model_site(2)
     exc = KernelBug(f"kernel BUG in {fn}: {message} [{site}]")
     exc.backtrace = backtrace(2)
+    k.printk(exc.message)
     raise exc

@@ -42,7 +42,7 @@ _SKIP_FRAMES = frozenset(
     {
         "WARN_ON", "WARN_ON_ONCE", "WARN", "WARN_ONCE", "dev_WARN", "BUG_ON", "BUG",
         "backtrace", "model_site", "__init__", "__getattribute__", "__setattr__", "point",
-        "<lambda>", "<genexpr>", "<listcomp>", "<module>",
+        "<lambda>", "<genexpr>", "<listcomp>", "<module>", "body", "_worker",
     }
 )
 
@@ -98,20 +98,44 @@ class ModelUsageError(Exception):
 # Where in the model are we?  Backtraces name kernel functions only.
 
 
+_model_file_cache: dict[str, bool] = {}
+_rel_cache: dict[str, str] = {}
+
+
+def _is_model_file(filename: str) -> bool:
+    r = _model_file_cache.get(filename)
+    if r is None:
+        r = _model_file_cache[filename] = filename.startswith(_MODEL_DIRS)
+    return r
+
+
 def _is_model_frame(f: FrameType) -> bool:
-    return f.f_code.co_filename.startswith(_MODEL_DIRS)
+    return _is_model_file(f.f_code.co_filename)
+
+
+def _rel(filename: str) -> str:
+    r = _rel_cache.get(filename)
+    if r is None:
+        if _is_model_file(filename):
+            r = os.path.relpath(filename, os.path.dirname(_PKG_DIR))
+        else:
+            r = os.path.basename(filename)
+        _rel_cache[filename] = r
+    return r
 
 
 def backtrace(skip: int = 1, limit: int = 12) -> tuple[str, ...]:
     """Kernel function names on the calling stack, innermost first (the model's call trace)."""
     f: FrameType | None = sys._getframe(skip)
     out: list[str] = []
+    skipn = _SKIP_FRAMES
     while f is not None and len(out) < limit:
-        name = f.f_code.co_name
-        if _is_model_frame(f) and name not in _SKIP_FRAMES and not name.startswith("_"):
+        code = f.f_code
+        name = code.co_name
+        if _is_model_file(code.co_filename) and name not in skipn and (
+            not name.startswith("_") or name.startswith("__vfio")
+        ):
             out.append(name)
-        elif _is_model_frame(f) and name.startswith("__vfio"):
-            out.append(name)  # kernel functions with leading underscores keep them
         f = f.f_back
     return tuple(out)
 
@@ -120,14 +144,15 @@ def model_site(skip: int = 1) -> tuple[str, str]:
     """(innermost kernel function, 'file:line') of the caller, skipping the substrate helpers."""
     f: FrameType | None = sys._getframe(skip)
     fallback: tuple[str, str] | None = None
+    skipn = _SKIP_FRAMES
     while f is not None:
-        name = f.f_code.co_name
-        if name not in _SKIP_FRAMES:
-            if _is_model_frame(f):
-                rel = os.path.relpath(f.f_code.co_filename, os.path.dirname(_PKG_DIR))
-                return name, f"{rel}:{f.f_lineno}"
+        code = f.f_code
+        name = code.co_name
+        if name not in skipn:
+            if _is_model_file(code.co_filename):
+                return name, f"{_rel(code.co_filename)}:{f.f_lineno}"
             if fallback is None:
-                fallback = (name, f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}")
+                fallback = (name, f"{_rel(code.co_filename)}:{f.f_lineno}")
         f = f.f_back
     return fallback if fallback is not None else ("?", "?")
 
@@ -190,6 +215,7 @@ class Task:
     waiting_for: Any = None
     kernel_id: int = 0
     exited: bool = False
+    vc: dict[int, int] | None = None  # happens-before clock (explorer only)
 
     def capable(self, cap: str) -> bool:
         return cap in self.caps
@@ -319,11 +345,14 @@ class Kernel:
     # -- reports -----------------------------------------------------------------------
 
     def record_warn(
-        self, function: str, message: str, macro: str, site: str, *, once: bool = False
+        self, function: str, message: str, macro: str, site: str, *, once: bool = False,
+        once_key: str | None = None,
     ) -> WarnEvent:
+        """Record a WARN.  ``once``: the kernel prints it only the first time for its call
+        site, identified by ``once_key`` (default: the function and message)."""
         printed = True
         if once:
-            key = (function, message)
+            key = (function, once_key if once_key is not None else message)
             printed = key not in self._warn_once_seen
             self._warn_once_seen.add(key)
         ev = WarnEvent(

@@ -91,12 +91,17 @@ def kobject_get_unless_zero(kobj: Kobject | None) -> Kobject | None:
 
 def _kobject_release(kref: Kref) -> None:
     kobj: Kobject = kref.container
-    # kobject_cleanup: a kobject still in sysfs is deleted first (dropping its parent).
+    # kobject_cleanup (5.8+): a kobject still in sysfs is taken out first, but its parent is
+    # only dropped after the release has run.
+    parent = None
     if kobj.state_in_sysfs:
-        kobject_del(kobj)
+        parent = kobj.parent
+        kobj.state_in_sysfs = False
+        kobj.parent = None
     release = kobj.release
     if release is not None:
         release(kobj)
+    kobject_put(parent)
 
 
 def kobject_put(kobj: Kobject | None) -> None:
@@ -239,7 +244,11 @@ def put_device(dev: Device | None) -> None:
 
 
 def device_add(dev: Device) -> int:
-    """Make the device visible: sysfs name, parent reference, /dev node for a dev_t."""
+    """Make the device visible: sysfs name, parent references, /dev node for a dev_t.
+
+    As the kernel, it pins the parent twice (get_device(parent), then kobject_add's parent
+    reference); device_del drops both.  On failure the caller still owns its reference.
+    """
     k = dev.kernel
     dev = get_device(dev)  # type: ignore[assignment]
     name = dev_name(dev)
@@ -247,20 +256,23 @@ def device_add(dev: Device) -> int:
         put_device(dev)
         return -EINVAL
     fn, _ = model_site(2)
+    parent = get_device(dev.parent)
     if k.fault_inject.should_fail("device_add", fn, name):
+        put_device(parent)
         put_device(dev)
         return -ENOMEM
     cls = dev.class_
     if cls is not None and name in cls.devices:
         k.printk(f"sysfs: cannot create duplicate filename '/class/{cls.name}/{name}'")
+        put_device(parent)
         put_device(dev)
         return -EEXIST
-    kobject_add(dev.kobj, dev.parent.kobj if dev.parent is not None else None)
+    kobject_add(dev.kobj, parent.kobj if parent is not None else None)
     if cls is not None:
         cls.devices[name] = dev
         if dev.devt:
-            cls.by_devt[dev.devt] = dev
-    if dev.devt:
+            cls.by_devt.setdefault(dev.devt, dev)
+    if MAJOR(dev.devt):
         nodes: dict[int, Device] = k.state.setdefault("devtmpfs", {})
         nodes[dev.devt] = dev
     dev.added = True
@@ -273,6 +285,7 @@ def device_del(dev: Device) -> None:
     k = dev.kernel
     cls = dev.class_
     name = dev_name(dev)
+    parent = dev.parent
     if dev.devt:
         nodes: dict[int, Device] = k.state.setdefault("devtmpfs", {})
         if nodes.get(dev.devt) is dev:
@@ -282,9 +295,12 @@ def device_del(dev: Device) -> None:
             del cls.devices[name]
         if dev.devt and cls.by_devt.get(dev.devt) is dev:
             del cls.by_devt[dev.devt]
+    was_added = dev.added
     dev.added = False
     if dev.kobj.state_in_sysfs:
         kobject_del(dev.kobj)
+    if was_added:
+        put_device(parent)
 
 
 def device_register(dev: Device) -> int:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .core import Kernel
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FaultPoint:
     seq: int  # 1-based position among all injectable calls of the run
     name: str  # "<kind>@<function>"

@@ -57,45 +57,70 @@ def _join(dst: VC, src: VC) -> None:
 
 
 class HappensBefore:
+    """Vector clocks per task (kept on the Task), per synchronisation object, per location.
+
+    Two kinds of synchronisation object: *exclusive* ones (a mutex, the write side of an
+    rwsem, an atomic) pass a single token from holder to holder, so a release simply records
+    the releaser's clock and an acquire can skip the join when it already knows that clock;
+    *accumulating* ones (a refcount, the read side of an rwsem, a wait queue) collect the
+    clocks of every releaser.
+    """
+
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.clocks: dict[int, VC] = {}
         self.sync: dict[Any, VC] = {}
+        self.excl: dict[Any, tuple[VC, int, int]] = {}
         self.locs: dict[tuple[Any, str], _Access] = {}
         self.races: list[DataRace] = []
         self._seen: set[tuple[str, str, str]] = set()
 
     def clock(self, t: Task) -> VC:
-        vc = self.clocks.get(t.tid)
+        vc: VC | None = t.vc
         if vc is None:
-            vc = self.clocks[t.tid] = {t.tid: 1}
+            vc = t.vc = {t.tid: 1}
         return vc
 
     def acquire(self, t: Task, key: Any) -> None:
+        """Order ``t`` after every release recorded on ``key``."""
         s = self.sync.get(key)
         if s is not None:
             _join(self.clock(t), s)
+        e = self.excl.get(key)
+        if e is not None:
+            vc = self.clock(t)
+            if vc.get(e[1], 0) < e[2]:
+                _join(vc, e[0])
 
     def release(self, t: Task, key: Any) -> None:
+        """Accumulating release: ``key`` remembers ``t``'s clock along with earlier ones."""
         vc = self.clock(t)
         s = self.sync.get(key)
         if s is None:
             self.sync[key] = dict(vc)
         else:
             _join(s, vc)
-        vc[t.tid] = vc.get(t.tid, 0) + 1
+        vc[t.tid] += 1
+
+    def release_exclusive(self, t: Task, key: Any) -> None:
+        """Release of a token passed holder to holder (the releaser saw every earlier one)."""
+        vc = self.clock(t)
+        tid = t.tid
+        c = vc[tid]
+        self.excl[key] = (dict(vc), tid, c)
+        vc[tid] = c + 1
 
     def fork(self, parent: Task, child: Task) -> None:
         pvc = self.clock(parent)
         cvc = dict(pvc)
         cvc[child.tid] = cvc.get(child.tid, 0) + 1
-        self.clocks[child.tid] = cvc
+        child.vc = cvc
         pvc[parent.tid] += 1
 
     def join(self, parent: Task, child: Task) -> None:
         _join(self.clock(parent), self.clock(child))
 
     def access(self, t: Task, obj: Any, field: str, write: bool) -> None:
+        """Record a read or write of ``obj.field`` by ``t``; report it if it races."""
         vc = self.clock(t)
         key = (obj, field)
         a = self.locs.get(key)

@@ -154,7 +154,7 @@ class Mutex:
         if owner is None:
             return  # reported by lockdep as a bad unlock; nothing to release
         if k.hb is not None:
-            k.hb.release(t, self)
+            k.hb.release_exclusive(t, self)
         self.owner = None
         if self._lock is not None:
             self._lock.release()

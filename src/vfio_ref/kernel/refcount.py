@@ -66,7 +66,10 @@ class Refcount:
         self.refs = REFCOUNT_SATURATED
         msg = SATURATION_MESSAGES.get(t, "refcount_t: unknown saturation event!?")
         _, site = model_site(1)
-        self.kernel.record_warn("refcount_warn_saturate", msg, "WARN_ONCE", site, once=True)
+        k = self.kernel
+        # Each case is its own WARN_ONCE site in the kernel: ADD_OVF and ADD_NOT_ZERO_OVF
+        # share a text but each prints once.
+        k.record_warn("refcount_warn_saturate", msg, "WARN_ONCE", site, once=True, once_key=f"case{t}")
 
     # -- plain access ---------------------------------------------------------------------
 

@@ -146,7 +146,7 @@ class RWSemaphore:
         if k.lockdep_enabled:
             k.lockdep.released(t, self)
         if k.hb is not None:
-            k.hb.release(t, (self, "w"))
+            k.hb.release_exclusive(t, (self, "w"))
         cond = self._cond
         if cond is not None:
             with cond:

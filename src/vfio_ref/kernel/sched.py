@@ -20,7 +20,7 @@ from typing import Final, Protocol
 READ_OPS: Final = frozenset(
     {
         "refcount_read", "atomic_read", "list_empty", "list_for_each_entry", "READ_ONCE",
-        "kref_read", "idr_find", "ida_is_empty", "down_read",
+        "kref_read", "idr_find", "ida_is_empty", "idr_is_empty", "down_read",
     }
 )
 

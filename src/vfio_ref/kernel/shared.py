@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 if TYPE_CHECKING:
     from .core import Kernel
+    from .hb import HappensBefore
 
 T = TypeVar("T")
 
@@ -46,19 +47,23 @@ def INIT_LIST_HEAD(k: Kernel, container: Any = None, name: str = "list") -> List
     return ListHead(k, container, name)
 
 
-def _touch(head: ListHead, op: str, write: bool) -> None:
+def _point(head: ListHead, op: str) -> HappensBefore | None:
+    """The scheduling point before ``op``; returns the happens-before tracker (if any) for
+    the list operation to record its access itself, so that a race report names the
+    operation's caller (the kernel function), not the list helper."""
     k = head.kernel
     s = k.sched
-    if s is not None:
-        s.point(op, head)
-        hb = k.hb
-        if hb is not None:
-            hb.access(k.current(), head, head.name, write)
+    if s is None:
+        return None
+    s.point(op, head)
+    return k.hb
 
 
 def list_add(new: ListHead, head: ListHead) -> None:
     """Insert ``new`` right after ``head`` (at the front)."""
-    _touch(head, "list_add", True)
+    hb = _point(head, "list_add")
+    if hb is not None:
+        hb.access(head.kernel.current(), head, head.name, True)
     nxt = head.next
     assert nxt is not None
     nxt.prev = new
@@ -70,7 +75,9 @@ def list_add(new: ListHead, head: ListHead) -> None:
 
 def list_add_tail(new: ListHead, head: ListHead) -> None:
     """Insert ``new`` right before ``head`` (at the back)."""
-    _touch(head, "list_add_tail", True)
+    hb = _point(head, "list_add_tail")
+    if hb is not None:
+        hb.access(head.kernel.current(), head, head.name, True)
     prev = head.prev
     assert prev is not None
     head.prev = new
@@ -84,7 +91,9 @@ def list_del(entry: ListHead) -> None:
     """Unlink ``entry``; its pointers are poisoned afterwards."""
     head = entry.head
     if head is not None:
-        _touch(head, "list_del", True)
+        hb = _point(head, "list_del")
+        if hb is not None:
+            hb.access(head.kernel.current(), head, head.name, True)
     prev, nxt = entry.prev, entry.next
     if prev is None or nxt is None:
         raise AttributeError(f"list_del() of {entry!r}, which is not on a list (LIST_POISON)")
@@ -96,7 +105,9 @@ def list_del(entry: ListHead) -> None:
 
 
 def list_empty(head: ListHead) -> bool:
-    _touch(head, "list_empty", False)
+    hb = _point(head, "list_empty")
+    if hb is not None:
+        hb.access(head.kernel.current(), head, head.name, False)
     return head.next is head
 
 
@@ -106,7 +117,9 @@ def list_for_each_entry(head: ListHead) -> Iterator[Any]:
     Safe against deletion of the current entry (as list_for_each_entry_safe): the next
     node is fetched before the entry is yielded.
     """
-    _touch(head, "list_for_each_entry", False)
+    hb = _point(head, "list_for_each_entry")
+    if hb is not None:
+        hb.access(head.kernel.current(), head, head.name, False)
     node = head.next
     while node is not head:
         assert node is not None

@@ -208,7 +208,14 @@ def kzalloc(k: Kernel, cls: type[T], *args: Any, **kwargs: Any) -> T | None:
     return obj
 
 
-kmalloc = kzalloc
+def kmalloc(k: Kernel, cls: type[T], *args: Any, **kwargs: Any) -> T | None:
+    """As kzalloc (model structs are always built zeroed); its own fault-injection kind."""
+    fn, _ = model_site(2)
+    if k.fault_inject.should_fail("kmalloc", fn, cls.__name__):
+        return None
+    obj = cls(k, *args, **kwargs)
+    k.slab.track(obj, fn)
+    return obj
 
 
 def kfree(k: Kernel, obj: object) -> None:

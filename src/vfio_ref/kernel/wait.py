@@ -95,7 +95,12 @@ def init_completion(k: Kernel) -> Completion:
 
 
 def complete(x: Completion) -> None:
-    x.done += 1
+    cond = x.wait._cond
+    if cond is not None:
+        with cond:  # done is counted under the wait queue's lock, as the kernel does
+            x.done += 1
+    else:
+        x.done += 1
     wake_up(x.wait)
 
 
@@ -105,14 +110,46 @@ def try_wait_for_completion(x: Completion) -> bool:
     s = k.sched
     if s is not None:
         s.point("try_wait_for_completion", x)
-    if x.done > 0:
-        x.done -= 1
-        if k.hb is not None:
-            k.hb.acquire(k.current(), x.wait)
-        return True
-    return False
+    cond = x.wait._cond
+    if cond is not None:
+        with cond:
+            ok = x.done > 0
+            if ok:
+                x.done -= 1
+    else:
+        ok = x.done > 0
+        if ok:
+            x.done -= 1
+    if ok and k.hb is not None:
+        k.hb.acquire(k.current(), x.wait)
+    return ok
 
 
 def wait_for_completion(x: Completion) -> None:
-    wait_event(x.wait, x._is_done)
-    x.done -= 1
+    """Sleep until the completion is done, then consume one ``complete``.
+
+    Free-running, the check and the decrement happen under the wait queue's lock, so one
+    complete() releases exactly one waiter; under the explorer nothing runs between the
+    scheduling point and the decrement.
+    """
+    cond = x.wait._cond
+    if cond is None:
+        wait_event(x.wait, x._is_done)
+        x.done -= 1
+        return
+    k = x.kernel
+    t = k.current()
+
+    def consume(tmo: float) -> bool:
+        with cond:
+            if x.done <= 0 and tmo > 0:
+                cond.wait(tmo)
+            if x.done > 0:
+                x.done -= 1
+                return True
+            return False
+
+    if not consume(0.0):
+        wait_free_running(k, t, x.wait, consume, "wait_for_completion")
+    if k.hb is not None:
+        k.hb.acquire(t, x.wait)

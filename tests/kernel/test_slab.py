@@ -1,0 +1,238 @@
+"""kzalloc / kfree with KASAN-like poisoning and a kmemleak-like live set.
+
+The helpers below are named after the kernel functions they stand for, because the slab
+names the allocating and freeing function in its reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vfio_ref.kernel import (
+    DoubleFree,
+    Kernel,
+    KernelBug,
+    KStruct,
+    Mutex,
+    Refcount,
+    UseAfterFree,
+    kfree,
+    kzalloc,
+)
+from vfio_ref.kernel.errno import ENOMEM, ERR_PTR
+from vfio_ref.kernel.slab import container_of, is_freed
+
+
+class VfioGroup(KStruct):
+    _embedded = ("group_lock", "users")
+
+    def __init__(self, kernel: Kernel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(kernel)
+        self.minor = 0
+        self.container_users = 0
+        self.group_lock = Mutex(kernel, "&group->group_lock")
+        self.users = Refcount(kernel, 1)
+        self.group_lock.container = self
+
+    def leak_detail(self) -> str:
+        return f"users={self.users.refs}"
+
+
+class VfioUnboundDev(KStruct):
+    def __init__(self, kernel: Kernel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(kernel)
+        self.dev = None
+
+
+def vfio_create_group(k: Kernel) -> VfioGroup | None:
+    return kzalloc(k, VfioGroup)
+
+
+def vfio_group_unlock_and_free(k: Kernel, group: object) -> None:
+    kfree(k, group)
+
+
+def vfio_iommu_group_notifier(k: Kernel) -> VfioUnboundDev | None:
+    return kzalloc(k, VfioUnboundDev)
+
+
+def vfio_group_try_get(group: VfioGroup) -> int:
+    return group.minor
+
+
+def vfio_group_set_container(group: VfioGroup) -> None:
+    group.container_users = 1
+
+
+def new_group(k: Kernel) -> VfioGroup:
+    g = vfio_create_group(k)
+    assert g is not None
+    return g
+
+
+# -- use-after-free ------------------------------------------------------------------------------
+
+
+def test_reading_a_field_of_a_freed_struct_is_a_use_after_free(k: Kernel) -> None:
+    g = new_group(k)
+    g.minor = 7
+    assert vfio_group_try_get(g) == 7  # live: plain field access
+    vfio_group_unlock_and_free(k, g)
+    with pytest.raises(UseAfterFree) as ei:
+        vfio_group_try_get(g)
+    e: Any = ei.value
+    assert e.kind == "use-after-free"
+    assert (e.field, e.access, e.function) == ("minor", "read", "vfio_group_try_get")
+    assert e.message.startswith("BUG: KASAN: use-after-free in vfio_group_try_get: read of VfioGroup.minor")
+    assert "Allocated by task MainThread in vfio_create_group" in e.message
+    assert "Freed by task MainThread in vfio_group_unlock_and_free" in e.message
+    assert e.freed.function == "vfio_group_unlock_and_free"
+
+
+def test_writing_a_field_of_a_freed_struct_is_a_use_after_free(k: Kernel) -> None:
+    g = new_group(k)
+    vfio_group_unlock_and_free(k, g)
+    with pytest.raises(UseAfterFree) as ei:
+        vfio_group_set_container(g)
+    e: Any = ei.value
+    assert (e.field, e.access) == ("container_users", "write")
+    assert "write of VfioGroup.container_users" in e.message
+
+
+def test_the_report_names_the_task_that_freed_it(k: Kernel) -> None:
+    g = new_group(k)
+    with k.as_task(k.new_task("kworker/0:1")):
+        vfio_group_unlock_and_free(k, g)
+    with pytest.raises(UseAfterFree) as ei:
+        vfio_group_try_get(g)
+    assert "Freed by task kworker/0:1 in vfio_group_unlock_and_free" in ei.value.message
+    assert ei.value.thread == "MainThread"  # who touched it
+
+
+def test_freed_object_still_answers_is_freed_and_repr(k: Kernel) -> None:
+    g = new_group(k)
+    assert not is_freed(g)
+    vfio_group_unlock_and_free(k, g)
+    assert is_freed(g)
+    assert repr(g).startswith("<freed VfioGroup at ")
+
+
+# -- double free and invalid free ----------------------------------------------------------------
+
+
+def test_kfree_twice_is_a_double_free(k: Kernel) -> None:
+    g = new_group(k)
+    vfio_group_unlock_and_free(k, g)
+    with pytest.raises(DoubleFree) as ei:
+        vfio_group_unlock_and_free(k, g)
+    assert ei.value.kind == "double-free"
+    assert ei.value.message.startswith("BUG: KASAN: double-free in vfio_group_unlock_and_free: VfioGroup")
+    assert "Freed by task MainThread in vfio_group_unlock_and_free" in ei.value.message
+
+
+def test_kfree_null_is_fine(k: Kernel) -> None:
+    kfree(k, None)
+    assert k.warnings == [] and k.faults == [] and k.leaks() == []
+
+
+def test_kfree_of_an_err_ptr_is_an_invalid_free(k: Kernel) -> None:
+    with pytest.raises(KernelBug) as ei:
+        vfio_group_unlock_and_free(k, ERR_PTR(-ENOMEM))
+    assert ei.value.message.startswith("BUG: KASAN: invalid-free in vfio_group_unlock_and_free")
+    assert "ERR_PTR(-ENOMEM)" in ei.value.message
+
+
+# -- embedded objects ----------------------------------------------------------------------------
+
+
+def test_an_embedded_mutex_is_freed_with_its_container(k: Kernel) -> None:
+    g = new_group(k)
+    lock = g.group_lock
+    vfio_group_unlock_and_free(k, g)
+    assert is_freed(lock)
+    with pytest.raises(UseAfterFree, match="VfioGroup"):
+        lock.lock()
+    with pytest.raises(UseAfterFree):
+        g.group_lock.lock()
+
+
+def test_an_embedded_refcount_is_freed_with_its_container(k: Kernel) -> None:
+    g = new_group(k)
+    users = g.users
+    vfio_group_unlock_and_free(k, g)
+    assert is_freed(users)
+    with pytest.raises(UseAfterFree) as ei:
+        users.inc_not_zero()  # the lookup that finds a dead group through a stale pointer
+    assert "Freed by task MainThread in vfio_group_unlock_and_free" in ei.value.message
+
+
+def test_fields_not_declared_embedded_are_separate_objects(k: Kernel) -> None:
+    g = new_group(k)
+    ud = vfio_iommu_group_notifier(k)
+    assert ud is not None
+    g.other = ud  # type: ignore[attr-defined]  # a pointer, not embedded memory
+    vfio_group_unlock_and_free(k, g)
+    assert not is_freed(ud)
+    assert ud.dev is None
+
+
+def test_container_of(k: Kernel) -> None:
+    g = new_group(k)
+    assert container_of(g.group_lock, VfioGroup, "group_lock") is g
+    with pytest.raises(TypeError):
+        container_of(g.group_lock, VfioUnboundDev, "group_lock")
+
+
+# -- leaks -----------------------------------------------------------------------------------
+
+
+def test_leaks_lists_exactly_the_live_objects_with_their_allocator(k: Kernel) -> None:
+    g1 = new_group(k)
+    g2 = new_group(k)
+    ud = vfio_iommu_group_notifier(k)
+    vfio_group_unlock_and_free(k, g1)
+    leaks = sorted(k.leaks(), key=lambda leak: leak.type)
+    assert [(leak.type, leak.allocated_by, leak.thread) for leak in leaks] == [
+        ("VfioGroup", "vfio_create_group", "MainThread"),
+        ("VfioUnboundDev", "vfio_iommu_group_notifier", "MainThread"),
+    ]
+    assert leaks[0].detail == "users=1"
+    assert str(leaks[0]) == (
+        "unreferenced object VfioGroup (users=1), allocated by vfio_create_group [MainThread]"
+    )
+    vfio_group_unlock_and_free(k, g2)
+    vfio_group_unlock_and_free(k, ud)
+    assert k.leaks() == []
+    assert (k.slab.allocs, k.slab.frees) == (3, 3)
+
+
+def test_objects_not_from_kzalloc_are_not_tracked(k: Kernel) -> None:
+    VfioGroup(k)  # a struct on the stack, so to speak
+    assert k.leaks() == []
+
+
+# -- fault injection -----------------------------------------------------------------------------
+
+
+def test_an_injected_kzalloc_failure_returns_null(k: Kernel) -> None:
+    k.fault_inject.fail("kzalloc@vfio_create_group")
+    assert vfio_create_group(k) is None
+    assert vfio_iommu_group_notifier(k) is not None  # other call sites still allocate
+    assert [leak.type for leak in k.leaks()] == ["VfioUnboundDev"]
+    [p] = k.fault_inject.injected
+    assert (p.name, p.detail) == ("kzalloc@vfio_create_group", "VfioGroup")
+
+
+# -- KASAN off -------------------------------------------------------------------------------
+
+
+def test_without_kasan_freed_memory_is_not_poisoned() -> None:
+    k = Kernel(kasan=False)
+    g = new_group(k)
+    g.minor = 3
+    vfio_group_unlock_and_free(k, g)
+    assert not is_freed(g)
+    assert vfio_group_try_get(g) == 3  # a silent use-after-free, as on a kernel without KASAN
+    assert k.leaks() == []  # still untracked: the live set does not depend on KASAN
