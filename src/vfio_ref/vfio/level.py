@@ -1,0 +1,131 @@
+"""How a patch level is put together: one class per level, one method per kernel function.
+
+``VfioBase`` holds drivers/vfio/vfio.c at the series' base; each patch module subclasses the
+level before it and defines only the functions (and structs) its diff touches, so the module
+reads like the patch.  Calls inside the model go through ``self``, so a function redefined by
+a later patch is the one every caller reaches at that level.
+
+Two details make C names work as Python methods:
+
+* kernel functions whose names start with two underscores (``__vfio_register_dev``) are
+  mangled by Python inside a class body; :class:`Level` re-links every mangled spelling to
+  the most derived definition, so overriding them works as for any other name;
+* a function a patch deletes is listed in the level's ``REMOVED``; calling it at that level
+  raises :class:`ModelUsageError` naming the level that removed it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from ..kernel.core import ModelUsageError
+
+# Kernel functions of vfio.c whose names begin with "__".
+DUNDER_NAMES: tuple[str, ...] = (
+    "__vfio_register_dev",
+    "__vfio_group_get_from_iommu",
+    "__vfio_group_unset_container",
+    "__vfio_container_attach_groups",
+)
+
+
+def _removed_stub(level: str, name: str) -> Callable[..., Any]:
+    def removed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ModelUsageError(f"{name}() does not exist at level {self.LEVEL}: patch {level} removed it")
+
+    removed.__name__ = name
+    removed.__qualname__ = name
+    removed._removed_by = level  # type: ignore[attr-defined]
+    return removed
+
+
+class Level:
+    """Base of every level class.  ``LEVEL`` names it; ``REMOVED`` lists deleted functions."""
+
+    LEVEL: ClassVar[str] = "?"
+    TITLE: ClassVar[str] = ""
+    REMOVED: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("REMOVED", ()):
+            setattr(cls, name, _removed_stub(cls.LEVEL, name))
+        for name in DUNDER_NAMES:
+            impl = None
+            for c in cls.__mro__:
+                impl = c.__dict__.get(f"_{c.__name__.lstrip('_')}{name}")
+                if impl is not None:
+                    break
+            if impl is None:
+                continue
+            for c in cls.__mro__:
+                setattr(cls, f"_{c.__name__.lstrip('_')}{name}", impl)
+
+    # -- introspection for `vfio-ref show` / `vfio-ref diff` ------------------------------------
+
+    @classmethod
+    def resolve(cls, name: str) -> tuple[type, Any] | None:
+        """(defining class, function or struct) of kernel name ``name`` at this level."""
+        structs = cls.structs()
+        if name in structs:
+            obj = structs[name]
+            return obj, obj
+        for c in cls.__mro__:
+            if name.startswith("__"):
+                attr = f"_{c.__name__.lstrip('_')}{name}"
+            else:
+                attr = name
+            if attr in c.__dict__:
+                fn = c.__dict__[attr]
+                if getattr(fn, "_removed_by", None):
+                    return None
+                return c, fn
+        return None
+
+    @classmethod
+    def structs(cls) -> dict[str, type]:
+        """The struct classes in force at this level, by kernel name (``struct vfio_group``)."""
+        out: dict[str, type] = {}
+        for c in reversed(cls.__mro__):
+            out.update(c.__dict__.get("STRUCTS", {}))
+            for name in c.__dict__.get("REMOVED", ()):
+                out.pop(name, None)
+        return out
+
+    @classmethod
+    def function_names(cls) -> list[str]:
+        """Every kernel function defined at this level (removed ones excluded), sorted."""
+        names: set[str] = set()
+        for c in cls.__mro__:
+            if not issubclass(c, Level) or c is Level:
+                continue
+            for attr, val in c.__dict__.items():
+                if not inspect.isfunction(val) or attr.startswith("_Level"):
+                    continue
+                kname = attr
+                prefix = f"_{c.__name__.lstrip('_')}__"
+                if attr.startswith(prefix):
+                    kname = "__" + attr[len(prefix) :]
+                elif attr.startswith("_"):
+                    continue
+                names.add(kname)
+        return sorted(n for n in names if cls.resolve(n) is not None)
+
+    @classmethod
+    def source_of(cls, name: str) -> str:
+        """The effective source of kernel function or struct ``name`` at this level."""
+        found = cls.resolve(name)
+        if found is None:
+            raise ModelUsageError(
+                f"{name!r} is not a modelled function or struct at level {cls.LEVEL}; "
+                f"see `vfio-ref show {cls.LEVEL} --list`"
+            )
+        owner, obj = found
+        src = inspect.getsource(obj)
+        where = inspect.getsourcefile(obj) or "?"
+        return (
+            f"# {name} at {cls.LEVEL}: defined by {getattr(owner, 'LEVEL', owner.__name__)} ({where})\n"
+            + (inspect.cleandoc("\n" + src) if src.startswith(" ") else src)
+        )

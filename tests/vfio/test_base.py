@@ -1,0 +1,155 @@
+"""vfio.c at the series' base: the group lifecycle as Linux 5.15 (plus hch's series) had it."""
+
+from __future__ import annotations
+
+import pytest
+
+from vfio_ref.kernel import CAP_SYS_ADMIN, KernelBug
+from vfio_ref.kernel.cdev import File
+from vfio_ref.kernel.device import MAJOR, MKDEV
+from vfio_ref.kernel.errno import EBUSY, ENODEV, EPERM
+from vfio_ref.kernel.iommu import iommu_group_get
+from vfio_ref.vfio.base import VFIO_IOMMU
+
+from .machine import A, B, machine
+
+
+def test_a_full_lifecycle_ends_with_no_warn_and_no_leak() -> None:
+    m = machine("base")
+    assert m.p.bind(A) == 0
+    f = m.p.open_group(A)
+    assert isinstance(f, File)
+    m.p.close(f)
+    m.p.unbind(A)
+    m.p.teardown()
+    assert m.warnings() == []
+    assert m.k.leaks() == []
+    assert m.k.lockdep_reports == []
+    assert m.k.faults == []
+
+
+def test_the_group_is_counted_by_a_kref_that_each_holder_moves() -> None:
+    m = machine("base")
+    m.p.bind(A)
+    group = m.v.vfio_group_get_from_dev(m.p.dev(A))
+    assert group is not None
+    # the registered device holds one reference, our lookup another
+    assert group.kref.kref_read() == 2
+    m.v.vfio_group_put(group)
+    f = m.p.open_group(A)
+    assert isinstance(f, File)
+    assert group.kref.kref_read() == 2  # the open file holds one now
+    m.p.close(f)
+    assert group.kref.kref_read() == 1
+
+
+def test_opening_a_minor_with_no_group_gives_enodev() -> None:
+    m = machine("base")
+    m.p.bind(A)
+    # One global cdev spans every minor: a minor with no group reaches vfio_group_fops_open,
+    # whose IDR lookup finds nothing.
+    unused = MKDEV(MAJOR(m.v.vfio.group_devt), 7)
+    assert m.p.open_devt(unused) == -ENODEV
+    m.p.teardown()
+    assert m.k.leaks() == []
+
+
+def test_the_noiommu_open_needs_cap_sys_rawio_and_puts_its_reference_back() -> None:
+    m = machine("base", noiommu=True)
+    assert m.p.bind(A) == 0
+    assert "TAINT_USER" in m.k.tainted
+    group = m.v.vfio_group_get_from_dev(m.p.dev(A))
+    assert group is not None
+    before = group.kref.kref_read()
+    with m.k.capabilities({CAP_SYS_ADMIN}):
+        assert m.p.open_group(A) == -EPERM
+    assert group.kref.kref_read() == before  # the failed open put its reference back
+    m.v.vfio_group_put(group)
+    f = m.p.open_group(A)  # with CAP_SYS_RAWIO it opens
+    assert isinstance(f, File)
+    m.p.teardown()
+    assert m.warnings() == [] and m.k.leaks() == []
+
+
+def test_a_second_open_is_ebusy_and_changes_nothing() -> None:
+    m = machine("base")
+    m.p.bind(A)
+    f = m.p.open_group(A)
+    assert isinstance(f, File)
+    assert m.p.open_group(A) == -EBUSY
+    assert f.private_data.opened.atomic_read() == 1
+    m.p.teardown()
+    assert m.warnings() == [] and m.k.leaks() == []
+
+
+def test_a_device_added_to_a_group_in_use_warns_added_to_live_group() -> None:
+    m = machine("base")
+    m.p.bind(A)
+    m.p.use_group(A)
+    m.p.add_device(B, "g0")
+    assert m.warnings() == [("vfio_group_nb_add_dev", "Device added to live group 0!")]
+    w = m.k.warnings[0]
+    assert w.macro == "dev_WARN"
+    assert "vfio_iommu_group_notifier" in w.backtrace
+    m.p.teardown()
+    assert m.k.leaks() == []
+
+
+def test_a_non_vfio_driver_bound_in_a_group_in_use_hits_the_bug_on() -> None:
+    m = machine("base", devices=(A, B))
+    m.p.bind(A)
+    m.p.use_group(A)
+    with pytest.raises(KernelBug) as bug:
+        m.p.bind(B, "e1000e")
+    assert "vfio_iommu_group_notifier" in bug.value.message
+    assert "BUG_ON(vfio_group_nb_verify(group, dev))" in bug.value.message
+    assert m.warnings() == []
+
+
+def test_pci_stub_and_a_device_being_unbound_keep_the_group_viable() -> None:
+    m = machine("base", devices=(A, B))
+    m.p.bind(A)
+    m.p.use_group(A)
+    assert m.p.bind(B, "pci-stub") == 0  # an allowed driver: no BUG
+    m.p.teardown()
+    assert m.warnings() == [] and m.k.leaks() == []
+
+
+@pytest.mark.parametrize("first", ["A", "B"])
+def test_two_creators_of_one_group_leak_an_iommu_group_reference(first: str) -> None:
+    """Both creators missed the lookup; the second finds the first's group in the race
+    check and returns it without putting the iommu_group reference it was handed."""
+    m = machine("base", devices=(A, B))
+    v = m.v
+    ig = m.p.groups["g0"]
+    refs_a = iommu_group_get(m.p.dev(A))  # what vfio_group_find_or_alloc holds for A
+    refs_b = iommu_group_get(m.p.dev(B))  # ... and for B
+    assert refs_a is ig and refs_b is ig
+    g1 = v.vfio_create_group(ig, VFIO_IOMMU)  # the winner keeps its caller's reference
+    g2 = v.vfio_create_group(ig, VFIO_IOMMU)  # the loser: the race check finds g1
+    assert g1 is g2
+    v.vfio_group_put(g2)
+    v.vfio_group_put(g1)  # the group goes, and with it the reference the winner kept
+    m.p.teardown()
+    leaks = m.k.leaks()
+    assert [(leak.type, leak.allocated_by) for leak in leaks] == [("IommuGroup", "iommu_group_alloc")]
+    assert "refs=1" in leaks[0].detail  # exactly the loser's reference
+    assert m.warnings() == []
+
+
+def test_the_notifier_takes_a_reference_and_puts_it_from_a_work_item() -> None:
+    m = machine("base", devices=(A, B))
+    m.p.bind(A)
+    group = m.v.vfio_group_get_from_dev(m.p.dev(A))
+    assert group is not None
+    m.v.vfio_group_put(group)
+    before = m.k.slab.allocs
+    m.p.bind(B, "pci-stub")  # BIND_DRIVER and BOUND_DRIVER reach the vfio notifier
+    from vfio_ref.kernel.workqueue import flush_scheduled_work, system_wq
+
+    flush_scheduled_work(m.k)
+    assert system_wq(m.k).workers_started >= 1
+    assert m.k.slab.allocs - before == 2  # one vfio_group_put_work per notification
+    assert group.kref.kref_read() == 1  # every notifier reference was put back
+    m.p.teardown()
+    assert m.warnings() == [] and m.k.leaks() == []
