@@ -275,6 +275,9 @@ class Kernel:
         use_hb = (sched is not None) if hb is None else hb
         self.hb: HappensBefore | None = HappensBefore(self) if use_hb else None
         self.hang_timeout = hang_timeout
+        # Lean: skip the allocation/free call chains the slab records (the explorer's search
+        # runs lean and replays a finding's schedule in full to report it).
+        self.lean = False
         self.state: dict[str, Any] = {}
         self.tainted: set[str] = set()
         self.oopsed = False

@@ -333,7 +333,16 @@ def iommu_group_for_each_dev(
 def iommu_group_register_notifier(group: IommuGroup, nb: NotifierBlock) -> int:
     """Watch the group's events; the caller should hold a group reference while registered.
     Returns what blocking_notifier_chain_register returns."""
-    return blocking_notifier_chain_register(group.notifier, nb)
+    # Ablation hook (register_notifier_under_group_lock): the caller's lock taken around the
+    # registration, the lock order of registering while holding it.  Absent in the kernel.
+    outer = group.kernel.state.get("ablation:register_notifier_under")
+    if outer is None:
+        return blocking_notifier_chain_register(group.notifier, nb)
+    outer.mutex_lock()
+    try:
+        return blocking_notifier_chain_register(group.notifier, nb)
+    finally:
+        outer.mutex_unlock()
 
 
 def iommu_group_unregister_notifier(group: IommuGroup, nb: NotifierBlock) -> int:

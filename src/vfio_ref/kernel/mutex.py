@@ -15,12 +15,14 @@ Cost: O(held locks) for lockdep, O(1) otherwise.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .core import Deadlock, Kernel, Task, model_site
+from .lockdep import HeldLock
 
 if TYPE_CHECKING:
     pass
@@ -97,15 +99,19 @@ class Mutex:
     def mutex_lock(self) -> None:
         """Take the mutex, sleeping while another task holds it."""
         k = self.kernel
-        t = k.current()
-        if k.lockdep_enabled:
+        s = k.sched
+        # The controlled scheduler keeps the running task at hand; anything else asks the kernel.
+        t = k._sched_task if s is not None else None
+        if t is None:
+            t = k.current()
+        lockdep = k.lockdep_enabled
+        if lockdep and t.held:
             k.lockdep.check_acquire(t, self, "w")
         if self.owner is t:
             fn, site = model_site(2)
             raise Deadlock(
                 f"deadlock: {t.name} takes {self.lock_class}, which it already holds, in {fn} [{site}]"
             )
-        s = k.sched
         if s is not None:
             s.point(self.OP_LOCK, self, self._ready)
         else:
@@ -116,9 +122,11 @@ class Mutex:
         self.owner = t
         hb = k.hb
         if hb is not None:
-            hb.acquire(t, self)
-        if k.lockdep_enabled:
-            k.lockdep.acquired(t, self, "w")
+            e = hb.excl.get(self)
+            if e is not None and e[1] != t.tid:
+                hb.acquire(t, self)
+        if lockdep:
+            t.held.append(HeldLock(self, "w", sys._getframe(1).f_code.co_name))
 
     def mutex_trylock(self) -> bool:
         """Take the mutex if it is free; never sleeps.  Returns True on success."""
@@ -144,17 +152,24 @@ class Mutex:
     def mutex_unlock(self) -> None:
         """Release the mutex (a release operation: it orders what came before)."""
         k = self.kernel
-        t = k.current()
         s = k.sched
+        # The controlled scheduler keeps the running task at hand; anything else asks the kernel.
+        t = k._sched_task if s is not None else None
+        if t is None:
+            t = k.current()
         if s is not None:
             s.point(self.OP_UNLOCK, self)
         if k.lockdep_enabled:
-            k.lockdep.released(t, self)
-        owner = self.owner
-        if owner is None:
+            held = t.held
+            if held and held[-1].lock is self:
+                held.pop()
+            else:
+                k.lockdep.released(t, self)
+        if self.owner is None:
             return  # reported by lockdep as a bad unlock; nothing to release
-        if k.hb is not None:
-            k.hb.release_exclusive(t, self)
+        hb = k.hb
+        if hb is not None:
+            hb.release_exclusive(t, self)
         self.owner = None
         if self._lock is not None:
             self._lock.release()

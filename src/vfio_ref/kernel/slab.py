@@ -179,7 +179,7 @@ class Slab:
             function=function,
             thread=k.current().name,
             step=k.step(),
-            backtrace=backtrace(3),
+            backtrace=() if k.lean else backtrace(3),
         )
         self.live[id(obj)] = (obj, info)
         self.allocs += 1
@@ -246,7 +246,7 @@ def kfree(k: Kernel, obj: object) -> None:
         function=fn,
         thread=k.current().name,
         step=k.step(),
-        backtrace=backtrace(2),
+        backtrace=() if k.lean else backtrace(2),
         allocated=alloc,
     )
     poison(obj, info)

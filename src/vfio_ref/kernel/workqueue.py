@@ -44,7 +44,9 @@ class Workqueue:
         self.workers_started = 0
 
     def _idle(self) -> bool:
-        return not self.queue and self.running == 0
+        # Read both fields under the queue's lock so a flush never sees a half-updated pair.
+        with self._mutex:
+            return not self.queue and self.running == 0 and not self.worker_active
 
     def _worker(self) -> None:
         k = self.kernel
