@@ -53,6 +53,11 @@ def check_level(level: str) -> None:
         raise ModelUsageError(f"unknown level {level!r}: the levels are {', '.join(LEVELS)}")
 
 
+def ablations_table() -> dict[str, Any]:
+    """The ablations by name (empty when the ablations module is not present)."""
+    return _ablations()
+
+
 def _ablations() -> dict[str, Any]:
     try:
         from .ablations import ABLATIONS
@@ -147,6 +152,7 @@ __all__ = [
     "REVIEW_FIXES",
     "REVIEW_FIX_LEVELS",
     "VfioBase",
+    "ablations_table",
     "boot",
     "check_ablation",
     "check_level",

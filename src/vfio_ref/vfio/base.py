@@ -287,7 +287,7 @@ class VfioGroup(KStruct):
         self.minor = 0
         self.container_users = Atomic(k, 0)
         self.iommu_group: IommuGroup | None = None
-        # Members are built valid; vfio_create_group initialises them as the kernel does.
+        # Members are built valid; the allocation path initialises them as the kernel does.
         self.device_list = ListHead(k, self, "group->device_list")
         self.device_lock = Mutex(k, "&group->device_lock")
         self.dev: Any = None
@@ -302,8 +302,8 @@ class VfioGroup(KStruct):
         self.dev_counter = 0
         self.kvm: Any = None
         self.notifier = BlockingNotifierHead(k, "&vfio_group->notifier.rwsem")
-        for a in (self.container_users, self.opened):
-            a.container = self
+        for x in (self.container_users, self.opened):
+            x.container = self
 
     def leak_detail(self) -> str:
         return f"vfio_group minor={self.minor} kref={self.kref.refcount.refs}"

@@ -16,6 +16,7 @@ Two details make C names work as Python methods:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -41,6 +42,47 @@ def _removed_stub(level: str, name: str) -> Callable[..., Any]:
     return removed
 
 
+# Entry points a driver reaches only while the vfio module is loaded (vfio_init() done and no
+# vfio_cleanup() since): in the kernel a module that depends on vfio cannot even be loaded
+# without it, so the model treats such a call as a misuse, not as a kernel path.
+NEEDS_LOADED_MODULE: tuple[str, ...] = (
+    "vfio_register_group_dev",
+    "vfio_register_emulated_iommu_dev",
+)
+
+
+def _module_guard(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``fn`` (vfio_init, vfio_cleanup or an entry point) with the module-lifetime check."""
+
+    @functools.wraps(fn)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded = self.__dict__.get("module_loaded", False)
+        if name == "vfio_init":
+            if loaded:
+                raise ModelUsageError(f"vfio_init() at level {self.LEVEL}: the vfio module is already loaded")
+            ret = fn(self, *args, **kwargs)
+            self.module_loaded = ret == 0
+            return ret
+        if not loaded:
+            when = "since vfio_cleanup() unloaded it" if "module_loaded" in self.__dict__ else "yet"
+            if name == "vfio_cleanup":
+                what = "already unloaded by vfio_cleanup()" if when.startswith("since") else "not loaded yet"
+                raise ModelUsageError(
+                    f"vfio_cleanup() at level {self.LEVEL}: the vfio module is {what}; vfio_init() loads it"
+                )
+            raise ModelUsageError(
+                f"{name}() at level {self.LEVEL}: the vfio module is not loaded {when}; "
+                "call vfio_init() first (a driver cannot use vfio after vfio_cleanup())"
+            )
+        ret = fn(self, *args, **kwargs)
+        if name == "vfio_cleanup":
+            self.module_loaded = False
+        return ret
+
+    guarded._module_guard = True  # type: ignore[attr-defined]
+    return guarded
+
+
 class Level:
     """Base of every level class.  ``LEVEL`` names it; ``REMOVED`` lists deleted functions."""
 
@@ -50,6 +92,10 @@ class Level:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for name in ("vfio_init", "vfio_cleanup", *NEEDS_LOADED_MODULE):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_module_guard", False):
+                setattr(cls, name, _module_guard(name, fn))
         for name in cls.__dict__.get("REMOVED", ()):
             setattr(cls, name, _removed_stub(cls.LEVEL, name))
         for name in DUNDER_NAMES:

@@ -110,6 +110,7 @@ class VfioGroup(KStruct):
         "container_q",
         "notifier",
     )
+    # Read without a lock by open and by unregister's wait; written under container->group_lock.
     container: SharedField[VfioContainer | None] = SharedField(None)
 
     def __init__(self, k: Kernel) -> None:

@@ -28,8 +28,9 @@ from ..kernel.driver import (
     device_driver_attach,
     device_release_driver,
 )
-from ..kernel.errno import ENOENT, ENOMEM, IS_ERR
+from ..kernel.errno import ENOENT, ENOMEM, ERR_PTR, IS_ERR
 from ..kernel.iommu import IommuGroup, iommu_group_add_device, iommu_group_alloc, iommu_group_put
+from ..kernel.mutex import mutex_lock, mutex_unlock
 from ..kernel.slab import KStruct, kfree, kzalloc
 from ..kernel.workqueue import flush_scheduled_work
 from .base import (
@@ -120,6 +121,8 @@ class Platform:
 
     def _type1_open(self, arg: int) -> Any:
         data = kzalloc(self.k, Type1Data)
+        if data is None:
+            return ERR_PTR(-ENOMEM)
         return data
 
     def _type1_release(self, data: Any) -> None:
@@ -190,9 +193,14 @@ class Platform:
         """The dev_t of /dev/vfio/N for the group of device ``dev`` (as `ls -l` shows it)."""
         v = self.vfio
         d = self.dev(dev)
-        for group in _groups_of(v):
-            if group.iommu_group is d.iommu_group:
-                return _devt_of(v, group)
+        # User space reads this from sysfs; the model walks the group list under its lock.
+        mutex_lock(v.vfio.group_lock)
+        try:
+            for group in _groups_of(v):
+                if group.iommu_group is d.iommu_group:
+                    return _devt_of(v, group)
+        finally:
+            mutex_unlock(v.vfio.group_lock)
         raise ModelUsageError(f"device {dev!r} has no vfio group now")
 
     def open_devt(self, devt: int) -> File | int:
@@ -248,7 +256,9 @@ class Platform:
             raise ModelUsageError(f"VFIO_GROUP_SET_CONTAINER failed: {ret}")
         if set_iommu:
             if not self.type1_registered:
-                self.register_type1()
+                ret = self.register_type1()
+                if ret:
+                    raise ModelUsageError(f"registering the type1 IOMMU driver failed: {ret}")
             ret = self.set_iommu(c, noiommu=self.vfio.noiommu and not self.dev(dev).is_pci)
             if ret:
                 raise ModelUsageError(f"VFIO_SET_IOMMU failed: {ret}")
