@@ -1,0 +1,439 @@
+"""The controlled scheduler: model threads as greenlets, one running at a time.
+
+Every scheduling point of the substrate (``k.sched.point(op, obj, ready)``) comes here.  The
+running thread records its pending operation; the scheduler computes which threads are
+enabled (not finished, and their pending operation ready: a free mutex, a true wait
+condition...) and asks its *strategy* which one runs next.  Continuing the running thread
+costs no switch at all; running another is one greenlet switch.  A point where only one
+thread is enabled, or before a release operation (unlock, up_read, wake_up), is not a
+choice; every other point is a *choice point*, numbered from 0, and a schedule is the list of
+choices made at them.
+
+All threads blocked while some have not finished is a deadlock: the scheduler records every
+blocked thread with what it waits for, who holds it, and where it is.
+
+Threads never run concurrently, so the substrate's real locks are not used here: a kernel
+built with ``sched=`` keeps lock state in plain fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from greenlet import GreenletExit, greenlet
+
+from ..kernel.core import ALL_CAPS, Kernel, KernelFault, Task, backtrace
+from ..kernel.sched import READ_OPS, RELEASE_OPS
+
+if TYPE_CHECKING:
+    pass
+
+
+class StepLimitExceeded(Exception):
+    """An execution ran more scheduling points than the explorer allows (a livelock?)."""
+
+
+class ScheduleMismatch(Exception):
+    """A replayed schedule does not fit the program: it names a thread that cannot run."""
+
+
+class SimThread:
+    """A model thread: a greenlet plus the operation it is about to perform."""
+
+    __slots__ = (
+        "daemon",
+        "done",
+        "fault",
+        "fn",
+        "glet",
+        "index",
+        "name",
+        "obj",
+        "op",
+        "ready",
+        "started",
+        "task",
+    )
+
+    def __init__(self, index: int, name: str, task: Task, fn: Callable[[], None], daemon: bool) -> None:
+        self.index = index
+        self.name = name
+        self.task = task
+        self.fn = fn
+        self.daemon = daemon
+        self.done = False
+        self.started = False
+        self.fault: KernelFault | None = None
+        self.op = "start"
+        self.obj: Any = None
+        self.ready: Callable[[], bool] | None = None
+        self.glet: Any = None
+
+    def enabled(self) -> bool:
+        if self.done:
+            return False
+        r = self.ready
+        return r is None or r()
+
+    def __repr__(self) -> str:
+        return f"<SimThread {self.index} {self.name} {'done' if self.done else self.op}>"
+
+
+@dataclass
+class TraceEvent:
+    step: int
+    thread: int
+    op: str
+    what: str
+    functions: tuple[str, ...]
+    switch: str = ""  # "" | "preempt" | "block" | "exit" : how control came to this thread
+
+
+@dataclass
+class DeadlockInfo:
+    threads: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "deadlock: all threads blocked:\n" + "\n".join(f"  {t}" for t in self.threads)
+
+
+class Strategy(Protocol):
+    def choose(self, sched: ControlledScheduler, enabled: list[SimThread], cur: SimThread) -> SimThread: ...
+
+
+def describe(op: str, obj: Any) -> str:
+    """A short, human description of an operation for traces: what it touches and its value."""
+    if obj is None:
+        return op
+    cls = type(obj).__name__
+    if hasattr(obj, "refs") and cls.endswith("Refcount"):
+        c = getattr(obj, "container", None)
+        owner = type(c).__name__ if c is not None else "refcount"
+        return f"{op}({owner} refs={obj.refs})"
+    if cls.endswith("Atomic"):
+        c = getattr(obj, "container", None)
+        return f"{op}({type(c).__name__ if c is not None else 'atomic'}={obj.counter})"
+    lc = getattr(obj, "lock_class", None)
+    if lc is not None:
+        return f"{op}({lc})"
+    name = getattr(obj, "name", None)
+    if isinstance(name, str):
+        return f"{op}({name})"
+    return f"{op}({cls})"
+
+
+class ControlledScheduler:
+    """Runs one execution of a program under a strategy."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        trace: bool = False,
+        max_steps: int = 200_000,
+    ) -> None:
+        self.strategy = strategy
+        self.tracing = trace
+        self.max_steps = max_steps
+        self.kernel: Kernel | None = None
+        self.threads: list[SimThread] = []
+        self.live: list[SimThread] = []
+        self.current: SimThread | None = None
+        self.step_no = 0
+        # One tuple per choice point: (enabled threads, running thread, whether it could go
+        # on, chosen thread).
+        self.choices: list[tuple[list[SimThread], SimThread, bool, SimThread]] = []
+        self.trace: list[TraceEvent] = []
+        self.deadlock: DeadlockInfo | None = None
+        self.step_limit_hit = False
+        self._main: Any = None
+        self._pending_switch = ""
+        self.preemptions = 0
+        # Called with ((op, object number, is_write), thread) each time a thread performs an
+        # operation.
+        self.on_exec: Callable[[tuple[str, int, bool], int], None] | None = None
+        self._slow = trace
+        # True while the scheduler evaluates wait conditions: reads they make are not
+        # operations of any thread (no scheduling point, no race check).
+        self.evaluating = False
+        self._oids: dict[int, int] = {}
+        self._keep: list[object] = []
+        self._priming: SimThread | None = None
+        self._prime_return: Any = None
+
+    # -- threads ----------------------------------------------------------------------------
+
+    def attach(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+
+    def spawn(
+        self, name: str, fn: Callable[[], None], *, daemon: bool = False, caps: frozenset[str] = ALL_CAPS
+    ) -> SimThread:
+        k = self.kernel
+        assert k is not None
+        task = k.new_task(name, caps)
+        th = SimThread(len(self.threads), name, task, fn, daemon)
+        th.glet = greenlet(self._thread_body(th), parent=self._main)
+        self.threads.append(th)
+        self.live.append(th)
+        parent = self.current
+        if k.hb is not None and parent is not None:
+            k.hb.fork(parent.task, task)
+        if parent is not None:
+            sp = getattr(self.strategy, "spawned", None)
+            if sp is not None:
+                sp(parent.index, th.index)
+            self._prime(th, parent)
+        return th
+
+    def _prime(self, th: SimThread, parent: SimThread) -> None:
+        """Run a new thread up to its first scheduling point, inside the spawner's step.
+
+        What a thread does before its first operation is its own business (no shared state
+        is touched without a scheduling point), so running it now changes nothing visible,
+        and the scheduler then knows the thread's real first operation instead of an
+        opaque "start" that would conflict with everything.
+        """
+        k = self.kernel
+        assert k is not None
+        me = greenlet.getcurrent()
+        th.glet.parent = me
+        self._priming = th
+        self._prime_return = me
+        self.current = th
+        k._sched_task = th.task
+        try:
+            th.glet.switch()
+        finally:
+            self._priming = None
+            self.current = parent
+            k._sched_task = parent.task
+            if not th.glet.dead:
+                th.glet.parent = self._main
+            self._pending_switch = ""
+
+    def spawn_daemon(self, name: str, fn: Callable[[], None]) -> None:
+        self.spawn(name, fn, daemon=True)
+
+    def _thread_body(self, th: SimThread) -> Callable[[], None]:
+        def body() -> None:
+            th.started = True
+            try:
+                th.fn()
+            except GreenletExit:
+                return
+            except KernelFault as e:
+                th.fault = e
+                k = self.kernel
+                assert k is not None
+                k.record_fault(e)
+            finally:
+                th.done = True
+                if th in self.live:
+                    self.live.remove(th)
+                self._pending_switch = "exit"
+
+        return body
+
+    def join(self, *threads: SimThread) -> None:
+        """Block the running thread until ``threads`` have finished (thread end -> join edge)."""
+
+        def all_done() -> bool:
+            for t in threads:
+                if not t.done:
+                    return False
+            return True
+
+        self.point("join", None, all_done)
+        k = self.kernel
+        cur = self.current
+        jn = getattr(self.strategy, "joined", None)
+        if jn is not None and cur is not None:
+            for t in threads:
+                jn(cur.index, t.index)
+        if k is not None and k.hb is not None and cur is not None:
+            for t in threads:
+                k.hb.join(cur.task, t.task)
+
+    # -- the scheduling point -----------------------------------------------------------------
+
+    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+        if self.evaluating:
+            return
+        cur = self.current
+        assert cur is not None
+        if cur is self._priming:
+            # A new thread reached its first operation: note it and hand back to the spawner.
+            cur.op = op
+            cur.obj = obj
+            cur.ready = ready
+            self._prime_return.switch()
+            # Chosen by the scheduler later: perform the operation.
+            if self._slow:
+                self._proceed(cur, op, obj)
+            return
+        n = self.step_no + 1
+        self.step_no = n
+        if n > self.max_steps:
+            self.step_limit_hit = True
+            raise StepLimitExceeded(f"more than {self.max_steps} scheduling points in one execution")
+        if op in RELEASE_OPS:
+            if self._slow:
+                self._proceed(cur, op, obj)
+            return
+        cur.op = op
+        cur.obj = obj
+        cur.ready = ready
+        live = self.live
+        if len(live) == 1:
+            if ready is None or ready():
+                if self._slow:
+                    self._proceed(cur, op, obj)
+                return
+            self._block_forever()
+            return
+        enabled = []
+        self.evaluating = True
+        for t in live:
+            r = t.ready
+            if r is None or r():
+                enabled.append(t)
+        self.evaluating = False
+        if not enabled:
+            self._block_forever()
+            return
+        if len(enabled) == 1:
+            chosen = enabled[0]
+            cur_enabled = chosen is cur
+        else:
+            cur_enabled = cur in enabled
+            chosen = self.strategy.choose(self, enabled, cur)
+            self.choices.append((enabled, cur, cur_enabled, chosen))
+        if chosen is not cur:
+            if cur_enabled:
+                self.preemptions += 1
+                self._pending_switch = "preempt"
+            else:
+                self._pending_switch = "block"
+            self._switch_to(chosen)
+            # Somebody switched back to us: we are enabled and chosen.
+        if self._slow:
+            self._proceed(cur, op, obj)
+
+    def _proceed(self, cur: SimThread, op: str, obj: object) -> None:
+        """The running thread performs ``op`` now: trace it, tell the strategy."""
+        if self.tracing:
+            fns = tuple(f for f in backtrace(3, 5) if f != op)[:3]
+            self.trace.append(
+                TraceEvent(self.step_no, cur.index, op, describe(op, obj), fns, self._pending_switch)
+            )
+            self._pending_switch = ""
+        ex = self.on_exec
+        if ex is not None:
+            ex((op, self.oid(obj), op not in READ_OPS), cur.index)
+
+    def oid(self, obj: object) -> int:
+        """A number for ``obj`` that is the same in every execution of a schedule prefix:
+        objects are numbered in the order they are first touched (Python ids are not
+        stable across executions, which rebuild every object)."""
+        i = id(obj)
+        n = self._oids.get(i)
+        if n is None:
+            n = self._oids[i] = len(self._oids)
+            self._keep.append(obj)  # so its id cannot be reused by another object
+        return n
+
+    def _switch_to(self, th: SimThread) -> None:
+        self.current = th
+        k = self.kernel
+        assert k is not None
+        k._sched_task = th.task
+        th.glet.switch()
+
+    def _block_forever(self) -> None:
+        """No thread can run: hand control to the main loop, which will find the deadlock."""
+        self._main.switch()
+        # Only resumed by being thrown GreenletExit.
+
+    # -- the execution ----------------------------------------------------------------------
+
+    def run(self, main_fn: Callable[[], None], name: str = "main") -> None:
+        """Run ``main_fn`` as the first thread and everything it spawns, to the end."""
+        self._main = greenlet.getcurrent()
+        first = self.spawn(name, main_fn)
+        self.current = first
+        k = self.kernel
+        assert k is not None
+        try:
+            k._sched_task = first.task
+            first.glet.switch()
+            while True:
+                live = self.live
+                if not live:
+                    break
+                self.evaluating = True
+                enabled = [t for t in live if t.enabled()]
+                self.evaluating = False
+                if not enabled:
+                    if all(t.daemon for t in live):
+                        break
+                    self._record_deadlock()
+                    break
+                prev = self.current
+                assert prev is not None
+                if len(enabled) == 1:
+                    chosen = enabled[0]
+                else:
+                    chosen = self.strategy.choose(self, enabled, prev)
+                    self.choices.append((enabled, prev, False, chosen))
+                if not self._pending_switch:
+                    self._pending_switch = "block"
+                self._switch_to(chosen)
+        except StepLimitExceeded:
+            self.step_limit_hit = True
+        finally:
+            self._kill_all()
+            k._sched_task = None
+
+    def _record_deadlock(self) -> None:
+        info = DeadlockInfo()
+        for t in self.live:
+            holders = []
+            h = getattr(t.obj, "holders", None)
+            if h is not None:
+                holders = [x.name for x in h()]
+            where = " <- ".join(_greenlet_backtrace(t.glet))
+            what = describe(t.op, t.obj)
+            held = ", ".join(getattr(x.lock, "lock_class", "?") for x in t.task.held) or "nothing"
+            line = f"{t.name}: blocked in {what}"
+            if holders:
+                line += f" held by {', '.join(holders)}"
+            line += f"; holds {held}; at {where}"
+            info.threads.append(line)
+        self.deadlock = info
+
+    def _kill_all(self) -> None:
+        for t in self.threads:
+            g = t.glet
+            if g is not None and t.started and not g.dead:
+                with contextlib.suppress(GreenletExit):
+                    g.throw(GreenletExit)
+            t.done = True
+        self.live = []
+
+
+def _greenlet_backtrace(g: Any) -> list[str]:
+    """Kernel function names on a suspended greenlet's stack, innermost first."""
+    f = getattr(g, "gr_frame", None)
+    out: list[str] = []
+    from ..kernel.core import _is_model_frame
+
+    while f is not None and len(out) < 8:
+        name = f.f_code.co_name
+        if _is_model_frame(f) and not name.startswith("_") and name not in ("point", "<lambda>"):
+            out.append(name)
+        f = f.f_back
+    return out

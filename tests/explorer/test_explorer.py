@@ -1,0 +1,138 @@
+"""The explorer: systematic and random search, replay, shrinking, deadlocks, statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vfio_ref.explorer import ScheduleMismatch, explore, parse_schedule, render_swimlanes, replay_findings
+from vfio_ref.explorer.strategies import format_schedule
+
+from .toys import (
+    ab_ba,
+    independent_steps,
+    judge_all,
+    judge_lost_update,
+    lock_handoff,
+    locked_steps,
+    lost_update,
+    nothing,
+)
+
+
+def test_the_default_schedule_of_a_racy_counter_is_fine_but_one_preemption_loses_an_update() -> None:
+    assert explore(lost_update, judge_lost_update, bound=0).clean
+    ex = explore(lost_update, judge_lost_update, bound=1)
+    assert [f.key for f in ex.findings] == ["lost-update"]
+    f = ex.findings[0]
+    assert f.preemptions == 1
+    assert len(parse_schedule(f.schedule)) == 1  # shrunk to one deviation
+    assert ex.stats.exhausted
+
+
+def test_a_finding_replays_exactly_from_its_schedule_string() -> None:
+    ex = explore(lost_update, judge_lost_update, bound=2)
+    sched = ex.findings[0].schedule
+    for _ in range(20):
+        res = replay_findings(lost_update, judge_lost_update, sched)
+        assert [r.key for r in res.findings] == ["lost-update"]
+    assert explore(lost_update, judge_lost_update, replay="-").clean
+
+
+def test_an_ab_ba_order_is_a_lockdep_report_in_every_schedule_and_a_deadlock_in_some() -> None:
+    clean_run = explore(ab_ba, judge_all, bound=0)
+    assert [f.kind for f in clean_run.findings] == ["lockdep"]  # no deadlock needed to see it
+    ex = explore(ab_ba, judge_all, bound=2)
+    assert ex.kinds() == ["deadlock", "lockdep"]
+    dl = next(f for f in ex.findings if f.kind == "deadlock")
+    # every blocked thread, what it waits for and who holds it
+    assert "T1: blocked in mutex_lock(B) held by T2" in dl.detail
+    assert "T2: blocked in mutex_lock(A) held by T1" in dl.detail
+    assert "holds A" in dl.detail and "holds B" in dl.detail
+
+
+def test_the_bounded_space_of_two_threads_of_twenty_locked_steps_has_762_schedules() -> None:
+    """The number of interleavings of 2 x 20 dependent steps with at most 2 preemptions."""
+    ex = explore(locked_steps(20), nothing, bound=2, reduction=False)
+    assert ex.stats.schedules == 762 and ex.stats.exhausted
+    assert ex.clean
+
+
+def test_sleep_sets_do_not_rerun_interleavings_of_independent_steps() -> None:
+    plain = explore(independent_steps(5), nothing, bound=2, reduction=False)
+    reduced = explore(independent_steps(5), nothing, bound=2, reduction=True)
+    assert reduced.stats.distinct < plain.stats.distinct / 5
+    assert plain.stats.exhausted and reduced.stats.exhausted
+
+
+@pytest.mark.parametrize(("program", "judge"), [(lost_update, judge_lost_update), (ab_ba, judge_all)])
+def test_reduction_finds_what_plain_search_finds_on_toys(program: Any, judge: Any) -> None:
+    keys = {f.key for f in explore(program, judge, bound=2, reduction=False, traces=False).findings}
+    assert keys == {f.key for f in explore(program, judge, bound=2, reduction=True, traces=False).findings}
+
+
+def test_reduction_reverses_two_acquires_of_one_lock_not_a_release_and_an_acquire() -> None:
+    """The reader taking the mutex first is the only way it sees 0.  A release and the next
+    acquire are never both runnable, so DPOR must flag the race between the two acquires."""
+    for reduction in (False, True):
+        seen: set[int] = set()
+
+        def judge(ctx: Any) -> list[Any]:
+            seen.add(ctx.data["seen"])
+            return []
+
+        ex = explore(lock_handoff, judge, bound=2, reduction=reduction, traces=False)
+        assert ex.stats.exhausted
+        assert seen == {0, 1}, f"reduction={reduction}"
+
+
+def test_random_mode_is_reproducible_from_its_seed() -> None:
+    a = explore(lost_update, judge_lost_update, mode="random", seed=7, runs=40, traces=False)
+    b = explore(lost_update, judge_lost_update, mode="random", seed=7, runs=40, traces=False)
+    assert [(f.key, f.schedule) for f in a.findings] == [(f.key, f.schedule) for f in b.findings]
+    assert a.findings and a.stats.schedules == 40
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("7-1", "is not 'CHOICE:THREAD'"),
+        ("1:1,1:0", "appears twice"),
+        ("x:1", "is not 'CHOICE:THREAD'"),
+    ],
+)
+def test_a_malformed_schedule_is_rejected_naming_the_rule(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(text)
+
+
+def test_a_schedule_that_does_not_fit_the_program_is_rejected() -> None:
+    with pytest.raises(ScheduleMismatch, match=r"thread 7 .* does not exist"):
+        explore(lost_update, judge_lost_update, replay="1:7")
+    with pytest.raises(ScheduleMismatch, match="only 2 choice points"):
+        explore(lost_update, judge_lost_update, replay="30:1")
+
+
+def test_schedules_round_trip_through_their_text() -> None:
+    devs = {3: 1, 17: 0}
+    assert parse_schedule(format_schedule(devs)) == devs
+    assert format_schedule({}) == "-" and parse_schedule("-") == {}
+
+
+def test_a_trace_reads_as_swimlanes_with_each_context_switch_marked() -> None:
+    ex = explore(lost_update, judge_lost_update, bound=1)
+    f = ex.findings[0]
+    text = render_swimlanes(f.trace, f.threads, last=str(f))
+    header = text.splitlines()[0]
+    assert "main" in header and "T1" in header and "T2" in header
+    assert "preempted; switch to" in text
+    assert "atomic_read" in text and "atomic_set" in text
+    assert text.rstrip().endswith(str(f))
+
+
+def test_statistics_are_reported_as_coyote_prints_them() -> None:
+    ex = explore(locked_steps(3), nothing, bound=1)
+    text = ex.stats.render()
+    assert "Explored" in text and "schedules" in text and "Bounded space exhausted" in text
+    assert ex.stats.points_min <= ex.stats.points_avg <= ex.stats.points_max
