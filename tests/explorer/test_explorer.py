@@ -78,7 +78,7 @@ def test_reduction_reverses_two_acquires_of_one_lock_not_a_release_and_an_acquir
     for reduction in (False, True):
         seen: set[int] = set()
 
-        def judge(ctx: Any) -> list[Any]:
+        def judge(ctx: Any, seen: set[int] = seen) -> list[Any]:
             seen.add(ctx.data["seen"])
             return []
 

@@ -1,0 +1,21 @@
+"""Named scenarios and their verdicts at each level.
+
+``run(name, level, *, review_fixes=False, ablation=None)`` returns a :class:`Verdict` with
+``.clean``, ``.findings`` (each with ``.kind`` and ``.detail``) and ``.trace``.
+"""
+
+from .catalogue import SCENARIO_NAMES, SCENARIOS, Scenario
+from .harness import ScenarioContext
+from .run import Finding, Verdict, fault_points, run, run_fault_sweep
+
+__all__ = [
+    "SCENARIOS",
+    "SCENARIO_NAMES",
+    "Finding",
+    "Scenario",
+    "ScenarioContext",
+    "Verdict",
+    "fault_points",
+    "run",
+    "run_fault_sweep",
+]

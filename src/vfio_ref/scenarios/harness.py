@@ -1,0 +1,233 @@
+"""Running a scenario at a level: the context it sees, the judge, and the teardown.
+
+Every run goes through the explorer, even a single-threaded scenario: the base's deferred
+put runs on a kworker, whose steps can interleave with the scenario's.  After the scenario
+body the harness tears the platform down (close files, unbind, remove devices, drop the
+iommu groups, flush work, vfio_cleanup), unless a model thread oopsed: a kernel that hit a
+BUG, a use-after-free or a deadlock is not in a state whose leaks mean anything.
+
+The judge turns what the checkers saw into findings, each with a stable key so the explorer
+can tell the same problem in two schedules apart from two problems:
+
+=============  =====================================================================
+kind           source
+=============  =====================================================================
+warn           every WARN recorded (``WarnEvent``), by function and condition text
+bug            KernelBug: BUG_ON, an invalid free
+use-after-free UseAfterFree, by the accessed type and field and the accessing function
+double-free    DoubleFree
+deadlock       Deadlock raised in a thread, or the scheduler finding every thread blocked
+lockdep        lock-order reports (circular, recursive, read-then-write, bad unlock)
+data-race      two conflicting accesses to tracked shared data that nothing orders
+leak           objects still allocated after a complete teardown
+=============  =====================================================================
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..explorer.explore import Execution, RawFinding
+from ..explorer.scheduler import SimThread, TraceEvent
+from ..explorer.trace import SETUP_DONE
+from ..kernel.core import Deadlock, Kernel, KernelFault, ModelUsageError
+from ..kernel.errno import errno_name
+from ..vfio import load
+from ..vfio.base import VfioBase
+from ..vfio.platform import Platform
+
+
+class ScenarioContext:
+    """What a scenario body sees: the kernel, the loaded vfio level, the platform, and
+    thread spawning that works both under the explorer and free-running."""
+
+    def __init__(self, kernel: Kernel, vfio: VfioBase, exe: Execution | None) -> None:
+        self.kernel = kernel
+        self.vfio = vfio
+        self.platform = Platform(vfio)
+        self.exe = exe
+        self.observations: dict[str, list[int]] = {}
+        self._threads: list[threading.Thread] = []
+        self._faults: list[BaseException] = []
+        self.on_begin: Callable[[], None] | None = None
+
+    def begin(self) -> None:
+        """The platform is built: what follows is the scenario proper (fault sweeps inject
+        failures from here on, not into building the machine)."""
+        if self.on_begin is not None:
+            self.on_begin()
+
+    def observe(self, what: str, value: int) -> int:
+        """Record what the kernel returned (0 or -errno) for ``what``; the verdict keeps it.
+        Returns ``value`` so a scenario can go on only when the call worked."""
+        self.observations.setdefault(what, []).append(int(value))
+        return value
+
+    def spawn(self, name: str, fn: Callable[[], object]) -> Any:
+        exe = self.exe
+        if exe is not None:
+            return exe.spawn(name, lambda: (fn(), None)[1])
+        k = self.kernel
+        task = k.new_task(name)
+        k.smp = True
+
+        def body() -> None:
+            with k.as_task(task):
+                try:
+                    fn()
+                except KernelFault as e:
+                    k.record_fault(e)
+                except BaseException as e:
+                    self._faults.append(e)
+                finally:
+                    task.exited = True
+
+        th = threading.Thread(target=body, name=name, daemon=True)
+        th.start()
+        self._threads.append(th)
+        return th
+
+    def join(self, *threads: Any) -> None:
+        exe = self.exe
+        if exe is not None:
+            sims: list[SimThread] = list(threads)
+            exe.join(*sims)
+            return
+        for th in threads:
+            th.join(self.kernel.hang_timeout * 2)
+            if th.is_alive():
+                self.kernel.record_fault(Deadlock(f"hung task: thread {th.name} did not finish"))
+        if self._faults:
+            raise self._faults[0]
+
+
+def describe_observations(obs: dict[str, list[int]]) -> str:
+    parts = []
+    for k, vals in obs.items():
+        shown = ", ".join(errno_name(v) if v <= 0 else str(v) for v in vals)
+        parts.append(f"{k}={shown}")
+    return "; ".join(parts)
+
+
+def first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
+
+
+def judge_kernel(
+    k: Kernel, *, teardown_done: bool, deadlock: str | None = None, step_limit: bool = False
+) -> list[RawFinding]:
+    """The findings of one finished execution (see the module docstring)."""
+    out: list[RawFinding] = []
+    for w in k.warnings:
+        chain = " <- ".join(w.backtrace[:6])
+        detail = f"WARN in {w.function}: {w.message} (call trace: {chain}; {w.thread})"
+        out.append(RawFinding("warn", detail, f"warn:{w.function}:{w.message}"))
+    for f in k.faults:
+        if isinstance(f, ModelUsageError):
+            continue
+        kind = f.kind
+        head = first_line(f.message)
+        chain = " <- ".join(f.backtrace[:6])
+        detail = f"{f.message}" + (f"\ncall trace: {chain}" if chain else "") + f" [{f.thread}]"
+        if kind == "use-after-free":
+            key = f"uaf:{getattr(f, 'function', '?')}:{head.split(': ', 2)[-1].split(' [')[0]}"
+        elif kind == "deadlock":
+            key = "deadlock:" + head.split(" [")[0].split(" in ")[0]
+        else:
+            key = f"{kind}:{head.split(' [')[0]}"
+        out.append(RawFinding(kind, detail, key))
+    if deadlock is not None:
+        out.append(RawFinding("deadlock", deadlock, "deadlock:all-blocked:" + _deadlock_key(deadlock)))
+    if step_limit:
+        out.append(
+            RawFinding("deadlock", "livelock: the execution ran past the step limit", "deadlock:step-limit")
+        )
+    for r in k.lockdep_reports:
+        title = r.text.splitlines()[1] if "\n" in r.text else r.text
+        detail = f"lockdep: {title.replace('WARNING: ', '')} ({' -> '.join(r.classes)}) in {r.function} [{r.thread}]"
+        out.append(
+            RawFinding("lockdep", detail + "\n" + r.text, f"lockdep:{r.kind}:{':'.join(sorted(r.classes))}")
+        )
+    if k.hb is not None:
+        for race in k.hb.races:
+            out.append(
+                RawFinding(
+                    "data-race",
+                    f"data-race on {race.location}: {race.first} vs {race.second}",
+                    f"race:{race.location}:{race.first.split(' [')[0]}:{race.second.split(' [')[0]}",
+                )
+            )
+    if teardown_done:
+        for leak in k.leaks():
+            out.append(RawFinding("leak", str(leak), f"leak:{leak.type}:{leak.allocated_by}"))
+    return out
+
+
+def _deadlock_key(text: str) -> str:
+    ops = []
+    for line in text.splitlines()[1:]:
+        line = line.strip()
+        if ": blocked in " in line:
+            ops.append(line.split(": blocked in ")[1].split(";")[0].split(" held by")[0])
+    return ",".join(sorted(ops))
+
+
+def make_program(
+    body: Callable[[ScenarioContext], None],
+    level: str,
+    *,
+    review_fixes: bool,
+    ablation: str | None,
+    noiommu: bool,
+    fail_nth: int | None = None,
+    fail_point: str | None = None,
+) -> Callable[[Execution], None]:
+    """The explorer program for one scenario at one level (a fresh kernel per schedule)."""
+
+    def program(exe: Execution) -> None:
+        k = exe.kernel
+        v = load(k, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
+        ret = v.vfio_init()
+        if ret:
+            raise ModelUsageError(f"vfio_init failed: {ret}")
+        s = ScenarioContext(k, v, exe)
+        exe.data["ctx"] = s
+        # Failures are injected into the scenario, not into booting the platform.
+        fi = k.fault_inject
+
+        def arm() -> None:
+            exe.data["fault_base"] = fi._seq
+            sched = exe.sched
+            if sched.tracing:
+                # The swimlanes fold everything before this mark: building the platform.
+                sched.trace.append(TraceEvent(len(sched.trace), 0, SETUP_DONE, "the platform is built", ()))
+            if fail_nth is not None:
+                fi.fail_nth(fi._seq + fail_nth)
+            if fail_point is not None:
+                fi.fail(fail_point)
+
+        s.on_begin = arm
+        try:
+            body(s)
+        finally:
+            exe.data["body_done"] = True
+        if k.oopsed:
+            exe.data["teardown"] = "skipped after an oops"
+            return
+        s.platform.teardown()
+        exe.data["teardown"] = "done"
+
+    return program
+
+
+def judge_execution(exe: Execution) -> list[RawFinding]:
+    k = exe.kernel
+    dl = exe.deadlock
+    return judge_kernel(
+        k,
+        teardown_done=exe.data.get("teardown") == "done",
+        deadlock=str(dl) if dl is not None else None,
+        step_limit=exe.step_limit_hit,
+    )

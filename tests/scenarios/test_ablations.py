@@ -1,0 +1,110 @@
+"""Each ablation removes one design decision of the series; the explorer must find the
+failure that decision prevents, and the same scenario must be clean without the ablation."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+from vfio_ref.scenarios import Verdict, run
+from vfio_ref.vfio import REVIEW_FIX_LEVELS, ablations_table
+
+
+@cache
+def verdict(scenario: str, level: str, ablation: str | None) -> Verdict:
+    return run(scenario, level, ablation=ablation, review_fixes=level in REVIEW_FIX_LEVELS, traces=False)
+
+
+def heads(v: Verdict, kind: str) -> list[str]:
+    return [f.detail.splitlines()[0] for f in v.findings if f.kind == kind]
+
+
+def test_the_ablations_are_the_ones_the_design_names() -> None:
+    assert set(ablations_table()) == {
+        "no_deferred_put",
+        "register_notifier_under_group_lock",
+        "unbound_cleanup_in_release",
+        "plain_dec_then_lock",
+        "open_refcount_inc",
+        "cdev_without_parent_ref",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [(n, lv) for n, a in sorted(ablations_table().items()) for lv in a.levels],
+)
+def test_without_the_ablation_the_scenario_that_shows_it_is_clean(name: str, level: str) -> None:
+    assert verdict(ablations_table()[name].shows, level, None).clean
+
+
+def test_no_deferred_put_unregisters_the_notifier_from_inside_its_own_call_chain() -> None:
+    """The base's notifier puts its reference from a work item because a direct put can be
+    the last one: the release then unregisters the notifier while its callback runs with the
+    chain's rwsem held for read."""
+    v = verdict("notifier_vs_release", "base", "no_deferred_put")
+    assert v.kinds() == ["deadlock", "lockdep"]
+    assert heads(v, "lockdep") == [
+        "lockdep: possible recursive locking detected (write after read) (&group->notifier.rwsem) "
+        "in blocking_notifier_chain_unregister [T2]"
+    ]
+    assert all("blocking_notifier_chain_unregister" in d for d in heads(v, "deadlock"))
+    assert all(f.schedule != "-" for f in v.findings)  # only when T2's callback races the unbind
+
+
+def test_registering_the_notifier_under_the_group_lock_inverts_the_lock_order_at_the_base() -> None:
+    v = verdict("notifier_vs_release", "base", "register_notifier_under_group_lock")
+    assert v.kinds() == ["lockdep"]
+    (d,) = heads(v, "lockdep")
+    assert "circular locking dependency" in d
+    assert "(&group->notifier.rwsem -> &vfio.group_lock)" in d
+
+
+@pytest.mark.parametrize("level", ["p1", "p2", "p3", "p4", "p5"])
+def test_after_patch_1_the_notifier_takes_no_group_lock_so_the_order_no_longer_matters(level: str) -> None:
+    assert verdict("notifier_vs_release", level, "register_notifier_under_group_lock").clean
+
+
+@pytest.mark.parametrize("level", ["p1", "p2", "p3", "p4", "p5"])
+def test_freeing_the_unbound_list_before_unregistering_the_notifier_races_the_callback(level: str) -> None:
+    """Patch 1 stops the notifier holding a group reference, so the release can run while a
+    callback walks the unbound list: the list must be freed only after unregistering."""
+    v = verdict("notifier_vs_release", level, "unbound_cleanup_in_release")
+    assert v.kinds() == ["data-race"]
+    for d in heads(v, "data-race"):
+        assert "group->unbound_list" in d
+        assert "vfio_iommu_group_notifier" in d and "_free_unbound_list_unlocked" in d
+
+
+@pytest.mark.parametrize("level", ["p4", "p5"])
+def test_a_plain_decrement_then_lock_lets_a_lookup_revive_a_dying_group(level: str) -> None:
+    """Between the decrement to zero and taking vfio.group_lock, a lookup finds the group on
+    the list and increments a zero refcount: refcount_t's WARN, then use after free."""
+    v = verdict("lookup_vs_last_put", level, "plain_dec_then_lock")
+    assert {"use-after-free", "warn"} <= set(v.kinds())
+    assert any("refcount_t: addition on 0; use-after-free." in d for d in heads(v, "warn"))
+
+
+def test_open_with_refcount_inc_revives_a_group_whose_users_reached_zero() -> None:
+    v = verdict("open_vs_last_put", "p5", "open_refcount_inc")
+    assert v.kinds() == ["warn"]
+    (d,) = heads(v, "warn")
+    assert d.startswith("WARN in refcount_warn_saturate: refcount_t: addition on 0; use-after-free.")
+    assert "vfio_group_fops_open" in d
+
+
+def test_a_cdev_without_a_reference_on_its_device_lets_an_open_use_a_freed_group() -> None:
+    """The question asked in review: what keeps the group alive after cdev_device_del()
+    while an open is in flight?  The cdev's reference on its parent device."""
+    v = verdict("open_vs_last_put", "p5", "cdev_without_parent_ref")
+    assert v.kinds() == ["use-after-free"]
+    assert all("VfioGroup" in d for d in heads(v, "use-after-free"))
+    assert any("cdev_put" in d for d in heads(v, "use-after-free"))
+
+
+def test_an_ablation_finding_replays_from_its_schedule() -> None:
+    v = verdict("open_vs_last_put", "p5", "open_refcount_inc")
+    f = v.findings[0]
+    again = run("open_vs_last_put", "p5", ablation="open_refcount_inc", replay=f.schedule, traces=False)
+    assert [g.key for g in again.findings] == [f.key]

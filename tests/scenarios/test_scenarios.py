@@ -1,0 +1,197 @@
+"""The scenario catalogue as a specification: what each scenario shows at each level.
+
+Every expectation here is checked against a verdict computed by running the model (the
+explorer over every interleaving up to the bound); nothing reads a table of answers.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+from vfio_ref import LEVELS
+from vfio_ref.kernel.errno import EBUSY, EPERM
+from vfio_ref.scenarios import SCENARIO_NAMES, SCENARIOS, Verdict, run
+from vfio_ref.vfio import REVIEW_FIX_LEVELS
+
+KINDS = {"warn", "bug", "use-after-free", "double-free", "leak", "deadlock", "lockdep", "data-race"}
+FIXED = [lv for lv in LEVELS if lv not in ("p3", "p4")]  # levels that run as posted without the p3 bug
+
+
+@cache
+def verdict(name: str, level: str, review_fixes: bool = False) -> Verdict:
+    return run(name, level, review_fixes=review_fixes, traces=False)
+
+
+def fixed(name: str, level: str) -> Verdict:
+    """The verdict at ``level`` with the review's fix where the level has one."""
+    return verdict(name, level, level in REVIEW_FIX_LEVELS)
+
+
+def test_the_catalogue_is_the_one_in_the_design() -> None:
+    assert SCENARIO_NAMES == (
+        "lifecycle",
+        "noiommu_lifecycle",
+        "noiommu_unprivileged_open",
+        "double_open",
+        "external_user",
+        "unbalanced_put",
+        "live_group_add_device",
+        "live_group_bind_foreign_driver",
+        "create_race",
+        "notifier_vs_release",
+        "open_vs_last_put",
+        "lookup_vs_last_put",
+        "fault_sweep",
+        "minor_reuse",
+    )
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_every_scenario_runs_at_every_level_and_its_search_is_exhausted(name: str, level: str) -> None:
+    v = fixed(name, level)
+    assert v.scenario == name and v.level == level
+    assert v.stats and all(st.exhausted for st in v.stats)
+    for f in v.findings:
+        assert f.kind in KINDS
+        assert f.detail and f.schedule
+    if name != "fault_sweep" and SCENARIOS[name].threads > 1:
+        assert v.stats[0].schedules > 1  # really explored, not just run once
+
+
+# -- the sequential scenarios ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("name", ["lifecycle", "noiommu_lifecycle", "external_user", "minor_reuse"])
+def test_the_normal_lifecycles_are_clean_once_patch_3_is_fixed(name: str, level: str) -> None:
+    v = fixed(name, level)
+    assert v.clean, [str(f) for f in v.findings]
+    assert all(rc == 0 for what, rcs in v.observations.items() for rc in rcs if what in ("bind", "open"))
+
+
+@pytest.mark.parametrize("level", ["p3", "p4"])
+def test_as_posted_patch_3_frees_the_group_it_returns_in_every_lifecycle(level: str) -> None:
+    v = verdict("lifecycle", level)
+    assert v.kinds() == ["use-after-free"]
+    (f,) = v.findings
+    assert "Freed by task main in vfio_create_group" in f.detail
+    assert "__vfio_register_dev" in f.detail  # the caller that uses the group it was handed
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_second_open_is_ebusy_and_changes_nothing(level: str) -> None:
+    v = fixed("double_open", level)
+    assert v.observations["open"] == [0] and v.observations["second_open"] == [-EBUSY]
+    assert v.clean
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_noiommu_open_without_cap_sys_rawio_is_eperm_and_puts_its_reference_back(level: str) -> None:
+    v = fixed("noiommu_unprivileged_open", level)
+    assert v.observations["open"] == [-EPERM]
+    assert v.clean  # the reference the open took is put back: nothing leaks at teardown
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_device_added_to_a_live_group_fires_only_the_live_group_warn(level: str) -> None:
+    v = fixed("live_group_add_device", level)
+    assert [(f.kind, f.detail.split(" (call trace")[0]) for f in v.findings] == [
+        ("warn", "WARN in vfio_group_nb_add_dev: Device added to live group 0!")
+    ]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_foreign_driver_bound_in_a_live_group_hits_the_bug_on(level: str) -> None:
+    v = fixed("live_group_bind_foreign_driver", level)
+    assert v.kinds() == ["bug"]
+    assert "BUG_ON(vfio_group_nb_verify(group, dev))" in v.findings[0].detail
+    assert "vfio_iommu_group_notifier" in v.findings[0].detail
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_an_unbalanced_put_frees_a_group_still_in_use(level: str) -> None:
+    """Two puts nobody took free the group with its device registered and its container
+    set: the release WARNs about the device list, patch 1's new WARN_ON about
+    container_users fires from patch 1 on, and later users touch freed memory."""
+    v = fixed("unbalanced_put", level)
+    assert "use-after-free" in v.kinds()
+    warns = {f.detail.split(" (call trace")[0].split(": ", 1)[1] for f in v.findings if f.kind == "warn"}
+    assert "!list_empty(&group->device_list)" in warns
+    assert ("atomic_read(&group->container_users)" in warns) == (level != "base")
+
+
+def test_patch_5_allocates_minors_from_the_ida_and_an_old_dev_t_reaches_the_new_group() -> None:
+    v = verdict("minor_reuse", "p5")
+    assert v.observations["minor_reused"] == [1]  # lowest free minor: 0 again
+    assert v.observations["old_devt_reaches_new_group"] == [1]  # never the freed group
+
+
+# -- the concurrent scenarios ---------------------------------------------------------------
+
+
+def test_two_creators_leak_an_iommu_group_reference_until_patch_3() -> None:
+    for level in ("base", "p1", "p2"):
+        v = verdict("create_race", level)
+        assert v.kinds() == ["leak"], level
+        assert "IommuGroup" in v.findings[0].detail
+        assert v.findings[0].schedule != "-"  # it takes a preemption
+    for level in ("p3", "p4"):
+        assert verdict("create_race", level, True).clean
+    assert verdict("create_race", "p5").clean
+
+
+def test_the_create_race_leak_needs_a_preemption() -> None:
+    assert run("create_race", "base", bound=0, traces=False).clean
+    assert run("create_race", "base", bound=1, traces=False).kinds() == ["leak"]
+
+
+@pytest.mark.parametrize("name", ["notifier_vs_release", "open_vs_last_put", "lookup_vs_last_put"])
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_races_against_the_last_put_are_clean_at_every_level(name: str, level: str) -> None:
+    v = fixed(name, level)
+    assert v.clean, [str(f) for f in v.findings]
+
+
+def test_patch_5s_open_fails_with_enodev_or_enxio_when_it_loses_to_the_last_put() -> None:
+    from vfio_ref.explorer import explore
+    from vfio_ref.kernel.errno import ENODEV, ENXIO
+    from vfio_ref.scenarios.harness import judge_execution, make_program
+
+    seen: set[int] = set()
+
+    def judge(exe: object) -> list[object]:
+        ctx = exe.data["ctx"]  # type: ignore[attr-defined]
+        seen.update(ctx.observations.get("open", []))
+        return judge_execution(exe)  # type: ignore[arg-type]
+
+    program = make_program(SCENARIOS["open_vs_last_put"].fn, "p5", review_fixes=False, ablation=None, noiommu=False)
+    ex = explore(program, judge, bound=2, traces=False)  # type: ignore[arg-type]
+    assert ex.clean
+    assert seen == {0, -ENODEV, -ENXIO}
+
+
+# -- findings replay ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "level", "fixes"), [("create_race", "base", False), ("create_race", "p3", False)]
+)
+def test_every_finding_replays_from_its_schedule(name: str, level: str, fixes: bool) -> None:
+    v = run(name, level, review_fixes=fixes, traces=False)
+    assert v.findings
+    for f in v.findings:
+        again = run(name, level, review_fixes=fixes, replay=f.schedule, traces=False)
+        assert f.key in {g.key for g in again.findings}, f
+
+
+def test_a_finding_trace_reads_as_swimlanes_from_the_end_of_setup() -> None:
+    v = run("create_race", "base")
+    t = v.findings[0].trace
+    head = t.splitlines()[0]
+    assert [c.strip() for c in head.split("|")] == ["step", "main", "T1", "T2", "kworker/1"]
+    assert "operations building the platform folded" in t
+    assert "preempted; switch to" in t
+    assert t.splitlines()[-1].startswith("leak: unreferenced object IommuGroup")

@@ -1,0 +1,118 @@
+"""The ``vfio-ref`` command, as a user meets it: the report, explore and replay, show and
+diff, and one clear line with exit status 2 for every misuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vfio_ref import LEVELS
+from vfio_ref.cli import main
+from vfio_ref.scenarios import run
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_report_json_has_the_documented_shape_and_agrees_with_run(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = cli(capsys, "report", "--json", "--scenario", "lifecycle", "--scenario", "create_race")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["levels"] == list(LEVELS)
+    assert set(doc["scenarios"]) == {"lifecycle", "create_race"}
+    for name, row in doc["scenarios"].items():
+        assert list(row) == list(LEVELS)
+        for level, cell in row.items():
+            assert set(cell) == {"clean", "kinds"}
+            v = run(name, level, traces=False)
+            assert cell == {"clean": v.clean, "kinds": v.kinds()}
+
+
+def test_report_text_is_a_matrix_of_scenarios_by_levels(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = cli(capsys, "report", "--scenario", "create_race", "--level", "base", "--level", "p5")
+    assert rc == 0
+    lines = out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("scenario"))
+    assert header.split() == ["scenario", "base", "p5"]
+    row = next(ln for ln in lines if ln.startswith("create_race"))
+    assert row.split() == ["create_race", "leak", "clean"]
+
+
+def test_report_with_review_fixes_and_an_ablation(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = cli(
+        capsys, "report", "--json", "--scenario", "open_vs_last_put", "--ablation", "open_refcount_inc"
+    )
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["levels"] == ["p5"]  # the ablation applies at patch 5 only
+    assert doc["scenarios"]["open_vs_last_put"]["p5"] == {"clean": False, "kinds": ["warn"]}
+    rc, out, _ = cli(capsys, "report", "--json", "--review-fixes", "--scenario", "lifecycle", "--level", "p3")
+    assert json.loads(out)["scenarios"]["lifecycle"]["p3"] == {"clean": True, "kinds": []}
+
+
+def test_explore_prints_each_finding_with_a_replayable_schedule(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = cli(capsys, "explore", "create_race", "--level", "base")
+    assert rc == 0
+    assert "verdict: leak" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("schedule:"))
+    schedule = line.split()[1]
+    assert f"--replay {schedule}" in line
+    assert "Exploration statistics" in out and "Bounded space exhausted" in out
+    rc, replayed, _ = cli(capsys, "explore", "create_race", "--level", "base", "--replay", schedule)
+    assert rc == 0 and "verdict: leak" in replayed
+
+
+def test_explore_random_mode_is_seeded(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("explore", "create_race", "--level", "base", "--random", "--seed", "3", "--runs", "20", "--no-trace")
+    _, first, _ = cli(capsys, *args)
+    _, second, _ = cli(capsys, *args)
+    strip = [ln for ln in first.splitlines() if "Elapsed" not in ln]
+    assert strip == [ln for ln in second.splitlines() if "Elapsed" not in ln]
+
+
+def test_show_prints_a_function_as_the_level_defines_it(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = cli(capsys, "show", "p4", "vfio_group_put")
+    assert rc == 0
+    assert "refcount_dec_and_mutex_lock" in out
+    rc, out, _ = cli(capsys, "show", "base", "vfio_group_put")
+    assert "kref_put_mutex" in out
+
+
+def test_diff_prints_what_a_patch_changed(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = cli(capsys, "diff", "p4", "p5")
+    assert rc == 0
+    assert "vfio_group_fops_open" in out
+    assert "+" in out and "-" in out
+
+
+def test_list_names_levels_scenarios_and_ablations(capsys: pytest.CaptureFixture[str]) -> None:
+    for what, expect in (("levels", "p5"), ("scenarios", "open_vs_last_put"), ("ablations", "no_deferred_put")):
+        rc, out, _ = cli(capsys, "list", what)
+        assert rc == 0 and expect in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["report", "--level", "p6"], "unknown level 'p6'"),
+        (["report", "--scenario", "nope"], "unknown scenario 'nope'"),
+        (["report", "--ablation", "nope"], "unknown ablation 'nope'"),
+        (["explore", "lifecycle", "--level", "base", "--ablation", "open_refcount_inc"], "does not apply to level"),
+        (["explore", "create_race", "--level", "base", "--replay", "x:y"], "is not 'CHOICE:THREAD'"),
+        (["explore", "create_race", "--level", "base", "--replay", "0:9"], "thread 9"),
+        (["explore", "create_race", "--level", "base", "--bound", "-1"], "bound must be 0 or more"),
+        (["show", "p5", "no_such_function"], "no_such_function"),
+        (["diff", "p5", "p9"], "unknown level 'p9'"),
+    ],
+)
+def test_a_misuse_is_one_line_on_stderr_and_exit_status_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith("vfio-ref: error: ") and says in err
+    assert err.count("\n") == 1
