@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..kernel.sched import RELEASE_OPS
-from .scheduler import ControlledScheduler, ScheduleMismatch, SimThread
+from .scheduler import FORCED, ControlledScheduler, ScheduleMismatch, SimThread
 
 
 def default_choice(enabled: list[SimThread], cur: SimThread) -> SimThread:
@@ -53,7 +53,10 @@ def format_schedule(devs: dict[int, int]) -> str:
 def deviations(sched: ControlledScheduler) -> dict[int, int]:
     """The deviations from the default continuation in an execution's choices."""
     out = {}
-    for i, (enabled, cur, cur_enabled, chosen) in enumerate(sched.choices):
+    for i, choice in enumerate(sched.choices):
+        if choice is FORCED:
+            continue
+        enabled, cur, cur_enabled, chosen = choice
         default = cur.index if cur_enabled else min(t.index for t in enabled)
         if chosen.index != default:
             out[i] = chosen.index
@@ -298,6 +301,8 @@ class DfsStrategy:
                         sleep[u] = uk
         if cur_enabled and choice is not cur:
             self.preempts += 1
+        # Budget spent and nothing asleep: every later choice keeps the running thread.
+        sched.forced = self.preempts >= self.bound and not sleep
         return choice
 
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -124,18 +124,54 @@ def _rel(filename: str) -> str:
     return r
 
 
+# Per code object (keyed by id, checked by identity): what a frame running it contributes.
+# Walking a stack then costs a dict lookup per frame instead of a filename test, a set test
+# and a prefix test (backtraces are taken at every allocation, free and WARN).
+_bt_codes: dict[int, tuple[CodeType, str | None]] = {}
+_site_codes: dict[int, tuple[CodeType, str, int, str]] = {}
+_SITE_SKIP, _SITE_MODEL, _SITE_OTHER = 0, 1, 2
+
+
+def _bt_code(code: CodeType) -> tuple[CodeType, str | None]:
+    """(code, the name a backtrace shows for it, or None when it shows nothing)."""
+    name = code.co_name
+    shown = (
+        _is_model_file(code.co_filename)
+        and name not in _SKIP_FRAMES
+        and (not name.startswith("_") or name.startswith("__vfio"))
+    )
+    e = _bt_codes[id(code)] = (code, name if shown else None)
+    return e
+
+
+def _site_code(code: CodeType) -> tuple[CodeType, str, int, str]:
+    """(code, name, skip / model / other, file name as model_site prints it)."""
+    name = code.co_name
+    if name in _SKIP_FRAMES:
+        kind = _SITE_SKIP
+    elif _is_model_file(code.co_filename):
+        kind = _SITE_MODEL
+    else:
+        kind = _SITE_OTHER
+    e = _site_codes[id(code)] = (code, name, kind, _rel(code.co_filename))
+    return e
+
+
 def backtrace(skip: int = 1, limit: int = 12) -> tuple[str, ...]:
     """Kernel function names on the calling stack, innermost first (the model's call trace)."""
     f: FrameType | None = sys._getframe(skip)
     out: list[str] = []
-    skipn = _SKIP_FRAMES
-    while f is not None and len(out) < limit:
+    get = _bt_codes.get
+    while f is not None:
         code = f.f_code
-        name = code.co_name
-        if _is_model_file(code.co_filename) and name not in skipn and (
-            not name.startswith("_") or name.startswith("__vfio")
-        ):
+        e = get(id(code))
+        if e is None or e[0] is not code:
+            e = _bt_code(code)
+        name = e[1]
+        if name is not None:
             out.append(name)
+            if len(out) >= limit:
+                break
         f = f.f_back
     return tuple(out)
 
@@ -144,15 +180,17 @@ def model_site(skip: int = 1) -> tuple[str, str]:
     """(innermost kernel function, 'file:line') of the caller, skipping the substrate helpers."""
     f: FrameType | None = sys._getframe(skip)
     fallback: tuple[str, str] | None = None
-    skipn = _SKIP_FRAMES
+    get = _site_codes.get
     while f is not None:
         code = f.f_code
-        name = code.co_name
-        if name not in skipn:
-            if _is_model_file(code.co_filename):
-                return name, f"{_rel(code.co_filename)}:{f.f_lineno}"
-            if fallback is None:
-                fallback = (name, f"{_rel(code.co_filename)}:{f.f_lineno}")
+        e = get(id(code))
+        if e is None or e[0] is not code:
+            e = _site_code(code)
+        kind = e[2]
+        if kind == _SITE_MODEL:
+            return e[1], f"{e[3]}:{f.f_lineno}"
+        if kind == _SITE_OTHER and fallback is None:
+            fallback = (e[1], f"{e[3]}:{f.f_lineno}")
         f = f.f_back
     return fallback if fallback is not None else ("?", "?")
 
@@ -235,6 +273,22 @@ def current_thread_name() -> str:
 # The kernel
 
 
+_CHECKERS: tuple[Any, ...] | None = None
+
+
+def _checkers() -> tuple[Any, ...]:
+    """The checker classes a Kernel builds (imported on first use: they import this module)."""
+    global _CHECKERS
+    if _CHECKERS is None:
+        from .fault import FaultInjector
+        from .hb import HappensBefore
+        from .lockdep import Lockdep
+        from .slab import Slab
+
+        _CHECKERS = (FaultInjector, HappensBefore, Lockdep, Slab)
+    return _CHECKERS
+
+
 class Kernel:
     """A fresh simulated kernel.
 
@@ -257,23 +311,19 @@ class Kernel:
         hb: bool | None = None,
         hang_timeout: float = 10.0,
     ) -> None:
-        from .fault import FaultInjector
-        from .hb import HappensBefore
-        from .lockdep import Lockdep
-        from .slab import Slab
-
+        fault_cls, hb_cls, lockdep_cls, slab_cls = _checkers()
         self.sched: Scheduler | None = sched
         self.warnings: list[WarnEvent] = []
         self.faults: list[KernelFault] = []
         self.log: list[str] = []
-        self.slab: Slab = Slab(self, kasan=kasan)
+        self.slab: Slab = slab_cls(self, kasan=kasan)
         self.lockdep_enabled = lockdep
-        self.lockdep: Lockdep = Lockdep(self)
-        self.fault_inject: FaultInjector = FaultInjector(self)
+        self.lockdep: Lockdep = lockdep_cls(self)
+        self.fault_inject: FaultInjector = fault_cls(self)
         # Happens-before checking needs a single controlled timeline: on by default
         # under the explorer, off in free-running mode.
         use_hb = (sched is not None) if hb is None else hb
-        self.hb: HappensBefore | None = HappensBefore(self) if use_hb else None
+        self.hb: HappensBefore | None = hb_cls(self) if use_hb else None
         self.hang_timeout = hang_timeout
         # Lean: skip the allocation/free call chains the slab records (the explorer's search
         # runs lean and replays a finding's schedule in full to report it).
