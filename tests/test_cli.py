@@ -3,6 +3,7 @@ diff, and one clear line with exit status 2 for every misuse."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -116,3 +117,38 @@ def test_a_misuse_is_one_line_on_stderr_and_exit_status_2(
     assert rc == 2 and out == ""
     assert err.startswith("vfio-ref: error: ") and says in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("older", "newer"), list(itertools.pairwise(LEVELS)))
+def test_diff_of_consecutive_levels_names_exactly_what_the_patch_module_defines(
+    capsys: pytest.CaptureFixture[str], older: str, newer: str
+) -> None:
+    import inspect
+    import sys
+
+    from vfio_ref.vfio import level_class
+
+    cls = level_class(newer)
+    module = sys.modules[cls.__module__]
+
+    def defined_here(obj: object) -> bool:
+        return inspect.getmodule(inspect.unwrap(obj)) is module  # type: ignore[arg-type]
+
+    own = {n for n in cls.function_names() if (r := cls.resolve(n)) is not None and defined_here(r[1])}
+    old_structs = level_class(older).structs()
+    for name in cls.__dict__.get("REMOVED", ()):  # what the patch deletes shows as removed
+        own.add(f"struct {name}" if name in old_structs else name)
+    own |= {f"struct {s}" for s, t in cls.structs().items() if defined_here(t)}
+    rc, out, _ = cli(capsys, "diff", older, newer)
+    assert rc == 0
+    changed = {ln[4:].rsplit(":", 1)[0] for ln in out.splitlines() if ln.startswith("=== ")}
+    assert changed == own
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_show_prints_every_modelled_function_at_every_level(capsys: pytest.CaptureFixture[str], level: str) -> None:
+    from vfio_ref.vfio import level_class
+
+    for name in level_class(level).function_names():
+        rc, out, _ = cli(capsys, "show", level, name)
+        assert rc == 0 and f"def {name}" in out, name
