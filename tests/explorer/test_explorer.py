@@ -18,6 +18,7 @@ from .toys import (
     locked_steps,
     lost_update,
     nothing,
+    wait_on_freed_mutex,
 )
 
 
@@ -85,6 +86,16 @@ def test_reduction_reverses_two_acquires_of_one_lock_not_a_release_and_an_acquir
         ex = explore(lock_handoff, judge, bound=2, reduction=reduction, traces=False)
         assert ex.stats.exhausted
         assert seen == {0, 1}, f"reduction={reduction}"
+
+
+def test_a_thread_waiting_on_a_mutex_in_freed_memory_meets_the_use_after_free_itself() -> None:
+    """The scheduler evaluates the waiter's condition (is the mutex free?) on freed memory:
+    that must not crash the scheduler, and the use after free is reported for the waiter."""
+    ex = explore(wait_on_freed_mutex, judge_all, bound=2)
+    assert [f.kind for f in ex.findings] == ["use-after-free"]
+    detail = ex.findings[0].detail
+    assert detail.startswith("BUG: KASAN: use-after-free in mutex_lock: write of Box.owner")
+    assert "Freed by task T1 in freer" in detail and detail.endswith("[T2]")
 
 
 def test_random_mode_is_reproducible_from_its_seed() -> None:

@@ -122,3 +122,30 @@ def lock_handoff(ctx: Execution) -> None:
     t1, t2 = ctx.spawn("T1", writer), ctx.spawn("T2", reader)
     ctx.join(t1, t2)
     ctx.data["seen"] = seen[0]
+
+
+def wait_on_freed_mutex(ctx: Execution) -> None:
+    """T1 frees a struct while T2 waits for the mutex inside it."""
+    from vfio_ref.kernel.slab import KStruct, kfree, kzalloc
+
+    k = ctx.kernel
+
+    class Box(KStruct):
+        _embedded = ("m",)  # the mutex is part of the struct: freed with it
+
+        def __init__(self, k: object) -> None:
+            self.m = Mutex(k, "box->m")  # type: ignore[arg-type]
+
+    box = kzalloc(k, Box)
+    assert box is not None
+    box.m.lock()
+
+    def freer() -> None:
+        kfree(k, box)
+
+    def waiter() -> None:
+        box.m.lock()
+
+    t2 = ctx.spawn("T2", waiter)
+    t1 = ctx.spawn("T1", freer)
+    ctx.join(t1, t2)

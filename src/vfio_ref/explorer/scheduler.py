@@ -93,6 +93,18 @@ def _give_back(g: Any) -> None:
         free.append(g)
 
 
+def _ready(r: Callable[[], bool] | None) -> bool:
+    """Whether a pending operation can go ahead.  A condition that reads freed memory (a
+    thread waiting on a mutex inside a freed struct) lets the thread run: it then meets the
+    use-after-free itself, in its own context, where it is reported."""
+    if r is None:
+        return True
+    try:
+        return r()
+    except KernelFault:
+        return True
+
+
 class SimThread:
     """A model thread: a greenlet plus the operation it is about to perform."""
 
@@ -132,8 +144,7 @@ class SimThread:
     def enabled(self) -> bool:
         if self.done:
             return False
-        r = self.ready
-        return r is None or r()
+        return _ready(self.ready)
 
     def __repr__(self) -> str:
         return f"<SimThread {self.index} {self.name} {'done' if self.done else self.op}>"
@@ -354,17 +365,15 @@ class ControlledScheduler:
         cur.obj = obj
         cur.ready = ready
         live = self.live
-        if self.forced and (ready is None or ready()):
+        if self.forced and _ready(ready):
             # The search has spent its preemptions and the running thread can go on, so it
             # does, without asking the strategy.  The point still counts as a choice point
             # when another thread could run, so choice numbers match a replay's.
             self.evaluating = True
             for t in live:
-                if t is not cur:
-                    r = t.ready
-                    if r is None or r():
-                        self.choices.append(FORCED)
-                        break
+                if t is not cur and _ready(t.ready):
+                    self.choices.append(FORCED)
+                    break
             self.evaluating = False
             if self._slow:
                 self._proceed(cur, op, obj)
@@ -380,7 +389,7 @@ class ControlledScheduler:
         self.evaluating = True
         for t in live:
             r = t.ready
-            if r is None or r():
+            if r is None or _ready(r):
                 enabled.append(t)
         self.evaluating = False
         if not enabled:

@@ -426,6 +426,9 @@ class Kernel:
 
     def record_fault(self, exc: KernelFault) -> None:
         """Note a fault that ended a model thread (called by the thread runners)."""
+        t = self._sched_task
+        if t is not None:  # under the explorer: the model thread, not the OS thread
+            exc.thread = t.name
         with self._lock:
             if exc not in self.faults:
                 self.faults.append(exc)
