@@ -93,6 +93,14 @@ def _give_back(g: Any) -> None:
         free.append(g)
 
 
+# Frames of the substrate's own lock implementation: a trace names the kernel function that
+# took the lock, not the helper it went through.
+_PRIMITIVES = frozenset(
+    {"mutex_lock", "mutex_unlock", "spin_lock", "spin_unlock", "lock", "unlock", "down_read", "up_read",
+     "down_write", "up_write", "mutex_trylock"}
+)
+
+
 def _ready(r: Callable[[], bool] | None) -> bool:
     """Whether a pending operation can go ahead.  A condition that reads freed memory (a
     thread waiting on a mutex inside a freed struct) lets the thread run: it then meets the
@@ -416,7 +424,7 @@ class ControlledScheduler:
     def _proceed(self, cur: SimThread, op: str, obj: object) -> None:
         """The running thread performs ``op`` now: trace it, tell the strategy."""
         if self.tracing:
-            fns = tuple(f for f in backtrace(3, 5) if f != op)[:3]
+            fns = tuple(f for f in backtrace(3, 6) if f != op and f not in _PRIMITIVES)[:3]
             self.trace.append(
                 TraceEvent(self.step_no, cur.index, op, describe(op, obj), fns, self._pending_switch)
             )

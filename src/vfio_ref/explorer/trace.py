@@ -23,21 +23,31 @@ def render_swimlanes(
     trace: Sequence[TraceEvent],
     threads: Sequence[str],
     *,
-    width: int = 46,
+    width: int = 60,
     last: str = "",
     full: bool = False,
 ) -> str:
     """A text table of ``trace``; ``last`` (the finding) is printed under the final row.
 
     Operations before a :data:`SETUP_DONE` mark (building the platform) are folded into one
-    line unless ``full``."""
-    cols = len(threads)
+    line unless ``full``.  Each column is as wide as its longest cell, at most ``width``;
+    threads with nothing in the shown part get no column."""
     marks = [i for i, ev in enumerate(trace) if ev.op == SETUP_DONE]
     folded = 0
     if marks and not full:
         folded = marks[-1]
         trace = trace[marks[-1] + 1 :]
-    header = "step  | " + " | ".join(f"{name[:width]:<{width}}" for name in threads)
+    trace = [ev for ev in trace if ev.op != SETUP_DONE]
+    cols = [i for i in range(len(threads)) if any(ev.thread == i for ev in trace)] or list(range(len(threads)))
+    colw = {i: len(threads[i][:width]) for i in cols}
+    for ev in trace:
+        if ev.thread in colw:
+            colw[ev.thread] = min(width, max(colw[ev.thread], len(_cell(ev))))
+
+    def name(i: int) -> str:
+        return threads[i] if i < len(threads) else str(i)
+
+    header = "step  | " + " | ".join(f"{name(i)[:width]:<{colw[i]}}" for i in cols)
     rule = "-" * len(header)
     out = [header, rule]
     if folded:
@@ -46,16 +56,11 @@ def render_swimlanes(
     for ev in trace:
         if prev_thread is not None and ev.thread != prev_thread:
             why = {"preempt": "preempted", "block": "blocked", "exit": "ended"}.get(ev.switch, "switch")
-            out.append(
-                f"      ~~ {threads[prev_thread] if prev_thread < cols else prev_thread} {why};"
-                f" switch to {threads[ev.thread] if ev.thread < cols else ev.thread} ~~"
-            )
+            out.append(f"      ~~ {name(prev_thread)} {why}; switch to {name(ev.thread)} ~~")
         prev_thread = ev.thread
-        cells = [""] * cols
         text = _cell(ev)
-        if ev.thread < cols:
-            cells[ev.thread] = text[:width]
-        out.append(f"{ev.step:>5} | " + " | ".join(f"{c:<{width}}" for c in cells))
+        cells = [text[: colw[i]] if i == ev.thread else "" for i in cols]
+        out.append(f"{ev.step:>5} | " + " | ".join(f"{c:<{colw[i]}}" for c, i in zip(cells, cols, strict=True)))
     if last:
         out.append(rule)
         out.append(last)
