@@ -162,6 +162,7 @@ def backtrace(skip: int = 1, limit: int = 12) -> tuple[str, ...]:
     f: FrameType | None = sys._getframe(skip)
     out: list[str] = []
     get = _bt_codes.get
+    outside = 0
     while f is not None:
         code = f.f_code
         e = get(id(code))
@@ -170,10 +171,20 @@ def backtrace(skip: int = 1, limit: int = 12) -> tuple[str, ...]:
         name = e[1]
         if name is not None:
             out.append(name)
+            outside = 0
             if len(out) >= limit:
+                break
+        elif out:
+            # Past the model's outermost frames (a test runner's stack, say): once this many
+            # frames in a row are not the model's, the rest of the stack is not either.
+            outside += 1
+            if outside >= _BT_OUTSIDE:
                 break
         f = f.f_back
     return tuple(out)
+
+
+_BT_OUTSIDE = 6
 
 
 def model_site(skip: int = 1) -> tuple[str, str]:

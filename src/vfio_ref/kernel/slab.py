@@ -100,6 +100,11 @@ def _freed_repr(self: Any) -> str:
     return f"<freed {orig} at {id(self):#x}>"
 
 
+def _chain(bt: tuple[str, ...]) -> str:
+    """' (a <- b <- c)', or nothing when no call chain was recorded (the explorer's search)."""
+    return f" ({' <- '.join(bt)})" if bt else ""
+
+
 def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
     info: FreeInfo | None = object.__getattribute__(obj, "_poison")
     fn, site = model_site(3)
@@ -108,9 +113,9 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
     if info is not None:
         if info.allocated is not None:
             a = info.allocated
-            lines.append(f"Allocated by task {a.thread} in {a.function} ({' <- '.join(a.backtrace)})")
+            lines.append(f"Allocated by task {a.thread} in {a.function}{_chain(a.backtrace)}")
         lines.append(
-            f"Freed by task {info.thread} in {info.function} ({' <- '.join(info.backtrace)})"
+            f"Freed by task {info.thread} in {info.function}{_chain(info.backtrace)}"
             + (f" at step {info.step}" if info.step is not None else "")
         )
     exc = UseAfterFree("\n".join(lines))
@@ -147,19 +152,34 @@ def is_freed(obj: object) -> bool:
 _poisoned_set: set[type] = set()
 
 
+# Per struct type: its poisoned twin and the fields embedded in it (computed once).
+_poison_plans: dict[type, tuple[type, tuple[str, ...]]] = {}
+
+
+def _poison_plan(cls: type) -> tuple[type, tuple[str, ...]]:
+    pc = poisoned_class(cls)
+    _poisoned_set.add(pc)
+    plan = _poison_plans[cls] = (pc, tuple(getattr(cls, "_embedded", ())))
+    return plan
+
+
 def poison(obj: Any, info: FreeInfo | None) -> None:
     """Turn ``obj`` and everything embedded in it into freed memory."""
     cls = type(obj)
     if cls in _poisoned_set:
         return
-    for name in getattr(cls, "_embedded", ()):
-        inner = object.__getattribute__(obj, name)
+    plan = _poison_plans.get(cls)
+    if plan is None:
+        plan = _poison_plan(cls)
+    pc, embedded = plan
+    getfield = object.__getattribute__
+    for name in embedded:
+        inner = getfield(obj, name)
         if inner is not None and not isinstance(inner, (int, str, tuple)):
             poison(inner, info)
-    pc = poisoned_class(cls)
-    _poisoned_set.add(pc)
-    object.__setattr__(obj, "_poison", info)
-    object.__setattr__(obj, "__class__", pc)
+    setfield = object.__setattr__
+    setfield(obj, "_poison", info)
+    setfield(obj, "__class__", pc)
 
 
 class Slab:
@@ -179,7 +199,7 @@ class Slab:
             function=function,
             thread=k.current().name,
             step=k.step(),
-            backtrace=() if k.lean else backtrace(3),
+            backtrace=() if k.lean else backtrace(3, 6),
         )
         self.live[id(obj)] = (obj, info)
         self.allocs += 1
@@ -233,7 +253,7 @@ def kfree(k: Kernel, obj: object) -> None:
         orig = type(obj).__mro__[1].__name__
         msg = f"BUG: KASAN: double-free in {fn}: {orig} [{site}]"
         if info is not None:
-            msg += f"\nFreed by task {info.thread} in {info.function} ({' <- '.join(info.backtrace)})"
+            msg += f"\nFreed by task {info.thread} in {info.function}{_chain(info.backtrace)}"
         exc2 = DoubleFree(msg)
         exc2.backtrace = backtrace(2)
         raise exc2
@@ -246,7 +266,7 @@ def kfree(k: Kernel, obj: object) -> None:
         function=fn,
         thread=k.current().name,
         step=k.step(),
-        backtrace=() if k.lean else backtrace(2),
+        backtrace=() if k.lean else backtrace(2, 6),
         allocated=alloc,
     )
     poison(obj, info)
