@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from _bench import tag, tag_floor
 from vfio_ref.kernel import Kernel
 from vfio_ref.kernel.errno import ENOSPC
 from vfio_ref.kernel.ida import Ida, IdBitmap
@@ -36,6 +37,14 @@ MINORMASK = (1 << 20) - 1
 GROUP_1E3 = "alloc+free @1e3"
 GROUP_1E6 = "alloc+free @1e6"
 GROUP_FILL = "fill 2**20"
+TABLE = "IDA (p5's minors): ida_alloc_max(MINORMASK) + ida_free"
+FILL = MINORMASK + 1
+
+
+def _floor_key(group: str) -> str:
+    return f"floor:lock:{group}"
+
+
 _best_times: dict[str, float] = {}  # group or case -> best seconds per call in this run
 
 
@@ -95,6 +104,7 @@ def test_lock_floor(benchmark: Any, group: str) -> None:
         release()
 
     benchmark.group = group
+    tag_floor(benchmark, _floor_key(group), f"a bare threading.Lock acquire + release ({group})")
     benchmark(lock_round_trip)
     m = _best(benchmark)
     if m is not None:
@@ -112,6 +122,7 @@ def test_lock_floor_fill(benchmark: Any) -> None:
             release()
 
     benchmark.group = GROUP_FILL
+    tag_floor(benchmark, _floor_key(GROUP_FILL), f"{FILL} bare threading.Lock round trips", per=FILL)
     benchmark.pedantic(lock_round_trips, rounds=3)
     m = _best(benchmark)
     if m is not None:
@@ -124,6 +135,7 @@ def test_lock_floor_fill(benchmark: Any) -> None:
 def test_alloc_free_with_1e3_in_use(benchmark: Any) -> None:
     ida = _ida_with(10**3)
     benchmark.group = GROUP_1E3
+    tag(benchmark, table=TABLE, row="alloc + free, 10**3 ids in use", key="ida@1e3", floor=_floor_key(GROUP_1E3))
     benchmark(_cycle(ida))
     _compare(benchmark, "ida " + GROUP_1E3)
     assert len(ida) == 10**3
@@ -133,6 +145,13 @@ def test_alloc_free_with_1e3_in_use(benchmark: Any) -> None:
 def test_alloc_free_with_1e3_in_use_recording_fault_points(benchmark: Any) -> None:
     ida = _ida_with(10**3, recording=True)
     benchmark.group = GROUP_1E3
+    tag(
+        benchmark,
+        table=TABLE,
+        row="alloc + free, 10**3 ids in use, fault points recorded",
+        key="ida@1e3-recording",
+        floor=_floor_key(GROUP_1E3),
+    )
     benchmark(_cycle(ida))
     _compare(benchmark, "ida recording " + GROUP_1E3)
     assert len(ida) == 10**3
@@ -140,6 +159,7 @@ def test_alloc_free_with_1e3_in_use_recording_fault_points(benchmark: Any) -> No
 
 def test_alloc_free_with_1e6_in_use(benchmark: Any, ida_1e6: Ida) -> None:
     benchmark.group = GROUP_1E6
+    tag(benchmark, table=TABLE, row="alloc + free, 10**6 ids in use", key="ida@1e6", floor=_floor_key(GROUP_1E6))
     benchmark(_cycle(ida_1e6))
     _compare(benchmark, "ida " + GROUP_1E6)
     assert len(ida_1e6) == 10**6
@@ -163,6 +183,15 @@ def test_fill_all_vfio_minors(benchmark: Any) -> None:
         return ida
 
     benchmark.group = GROUP_FILL
+    tag(
+        benchmark,
+        table=TABLE,
+        row="fill all 2**20 minors (whole fill)",
+        key="ida-fill",
+        floor=_floor_key(GROUP_FILL),
+        per=FILL,
+        show="total",
+    )
     ida = benchmark.pedantic(fill, setup=fresh, rounds=3)
     _compare(benchmark, "ida " + GROUP_FILL)
     assert len(ida) == MINORMASK + 1
@@ -180,6 +209,15 @@ def test_fill_all_vfio_minors_bitmap_only(benchmark: Any) -> None:
         return ids
 
     benchmark.group = GROUP_FILL
+    tag(
+        benchmark,
+        table=TABLE,
+        row="fill all 2**20 minors, bitmap tree only (whole fill)",
+        key="bitmap-fill",
+        floor=_floor_key(GROUP_FILL),
+        per=FILL,
+        show="total",
+    )
     ids = benchmark.pedantic(fill, setup=lambda: ((IdBitmap(),), {}), rounds=3)
     _compare(benchmark, "bitmap " + GROUP_FILL)
     assert ids.count() == MINORMASK + 1

@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from _bench import FLOOR_LOCK, tag, tag_floor
 from vfio_ref.kernel import Kernel, Kref, KStruct, Mutex, Refcount, kzalloc
 
 LOOP = 200
+TABLE = "Primitives (free-running kernel)"
 
 
 def _timeit_ns(body: Callable[[], None], repeat: int = 7) -> float:
@@ -64,6 +66,7 @@ def _record(benchmark: Any, body: Callable[[], None], name: str) -> float:
 def test_floor_threading_lock(benchmark: Any) -> None:
     _MEASURED.pop("floor", None)
     body = _floor_body()
+    tag_floor(benchmark, FLOOR_LOCK, "a bare threading.Lock acquire + release", per=LOOP)
     benchmark(body)
     _record(benchmark, body, "floor")
 
@@ -77,6 +80,7 @@ def test_refcount_inc_dec_and_test(benchmark: Any) -> None:
             r.refcount_inc()
             r.refcount_dec_and_test()
 
+    tag(benchmark, table=TABLE, row="refcount_inc + refcount_dec_and_test", key="refcount", per=LOOP)
     benchmark(body)
     _record(benchmark, body, "refcount")
     assert r.read() == 1 and k.warnings == []
@@ -93,6 +97,7 @@ def test_kref_get_put(benchmark: Any) -> None:
             kref.kref_get()
             kref.kref_put(released.append)
 
+    tag(benchmark, table=TABLE, row="kref_get + kref_put", key="kref", per=LOOP)
     benchmark(body)
     _record(benchmark, body, "kref")
     assert kref.kref_read() == 1 and released == []
@@ -110,6 +115,8 @@ def test_mutex_lock_unlock(benchmark: Any, lockdep: bool) -> None:
             m.mutex_lock()
             m.mutex_unlock()
 
+    on = "on" if lockdep else "off"
+    tag(benchmark, table=TABLE, row=f"mutex_lock + mutex_unlock, lockdep {on}", key=f"mutex-{on}", per=LOOP)
     benchmark(body)
     _record(benchmark, body, f"mutex_lockdep_{'on' if lockdep else 'off'}")
     outer.unlock()
@@ -139,6 +146,7 @@ def _field_body(obj: Any) -> Callable[[], None]:
 
 def test_field_access_plain_object(benchmark: Any) -> None:
     body = _field_body(PlainGroup())
+    tag(benchmark, table=TABLE, row="field read + write, plain Python object", key="field-plain", per=LOOP)
     benchmark(body)
     _record(benchmark, body, "plain_field")
 
@@ -148,6 +156,7 @@ def test_field_access_live_slab_object(benchmark: Any) -> None:
     g = kzalloc(k, VfioGroup)
     assert g is not None
     body = _field_body(g)
+    tag(benchmark, table=TABLE, row="field read + write, live slab object", key="field-slab", per=LOOP)
     benchmark(body)
     ns = _record(benchmark, body, "slab_field")
     # A live object keeps its own class: KASAN costs nothing until it is freed.
@@ -156,3 +165,20 @@ def test_field_access_live_slab_object(benchmark: Any) -> None:
         plain = _timeit_ns(_field_body(PlainGroup()))
     benchmark.extra_info["ratio_to_plain_object"] = round(ns / plain, 2)
     assert g.container_users == 3
+
+
+def test_sched_hook_free_running(benchmark: Any) -> None:
+    # What every lock, atomic, refcount and list operation pays for the explorer in
+    # free-running mode: load k.sched, compare with None (the primitives' own pattern).
+    k = Kernel()
+    r = Refcount(k, 1)
+
+    def body() -> None:
+        for _ in range(LOOP):
+            s = k.sched
+            if s is not None:
+                s.point("refcount_read", r)
+
+    tag(benchmark, table=TABLE, row="scheduling hook, free-running (load k.sched, compare)", key="hook", per=LOOP)
+    benchmark(body)
+    _record(benchmark, body, "hook")

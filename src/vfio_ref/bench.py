@@ -1,0 +1,597 @@
+"""``vfio-ref bench``: run the benchmark suite and write a Markdown report.
+
+The suite is the pytest-benchmark files under ``benchmarks/`` of a source checkout; it runs
+in this process (``pytest.main``) and leaves its results in a JSON file, from which the
+report is rendered:
+
+* one table per hot path, the levels as columns, each figure with its ratio to a floor
+  measured in the same run (absolute times drift on shared machines; ratios much less);
+* the goals of issue 5, each with its figure, its floor, the ratio and whether it is met;
+* with the ``plot`` extra (matplotlib), a PNG of lookup cost against the number of groups,
+  one line per level, next to the report.
+
+Figures are the fastest round of each benchmark (the round least disturbed by other load),
+per operation unless a table says otherwise.  Each benchmark says where its figure goes
+through ``extra_info["report"]`` (see ``benchmarks/_bench.py``); the rendering here knows
+nothing about the benchmarks beyond those tags and the goal keys below, so it can be tested
+on a synthetic JSON document.
+
+pytest and pytest-benchmark come with the ``dev`` extra; matplotlib with ``plot``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import LEVELS
+from .kernel.core import ModelUsageError
+
+DEFAULT_OUT = "benchmarks/REPORT.md"
+QUICK_ENV = "VFIO_REF_BENCH_QUICK"
+
+# Tables in reading order (by title prefix); tables not listed follow, in run order.
+TABLE_ORDER = (
+    "Primitives",
+    "Lookup",
+    "Open path",
+    "Group create",
+    "Lifecycle",
+    "IDA",
+    "Explorer: one scheduling point",
+    "Explorer: issue 4",
+    "Explorer: each concurrent",
+    "Explorer: schedules until",
+    "vfio-ref report",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading pytest-benchmark's JSON
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tagged benchmark: where it goes in the report and its fastest round."""
+
+    name: str
+    table: str
+    row: str
+    col: str
+    key: str | None
+    floor: str | None
+    per: int
+    show: str
+    note: str
+    x: float | None
+    best: float  # seconds, fastest round of one call
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_op(self) -> float:
+        return self.best / self.per
+
+    @property
+    def shown(self) -> float:
+        return self.best if self.show == "total" else self.per_op
+
+
+@dataclass(frozen=True)
+class Floor:
+    key: str
+    label: str
+    per_op: float  # seconds
+    name: str
+
+
+@dataclass
+class Results:
+    entries: list[Entry]
+    floors: dict[str, Floor]
+    untagged: list[str]
+
+    def by_key(self) -> dict[str, Entry]:
+        return {e.key: e for e in self.entries if e.key is not None}
+
+    def ratio(self, e: Entry) -> float | None:
+        """``e``'s per-operation time over its floor's, or None without a floor."""
+        fl = self.floors.get(e.floor) if e.floor is not None else None
+        if fl is None or fl.per_op <= 0:
+            return None
+        return e.per_op / fl.per_op
+
+
+def parse(data: dict[str, Any]) -> Results:
+    """The tagged entries and floors of a pytest-benchmark JSON document."""
+    entries: list[Entry] = []
+    floors: dict[str, Floor] = {}
+    untagged: list[str] = []
+    for b in data.get("benchmarks", []):
+        info = (b.get("extra_info") or {}).get("report")
+        stats = b.get("stats") or {}
+        best = stats.get("min")
+        name = str(b.get("name", "?"))
+        if not isinstance(info, dict) or not isinstance(best, (int, float)):
+            untagged.append(name)
+            continue
+        per = max(1, int(info.get("per", 1)))
+        if "floor_of" in info:
+            key = str(info["floor_of"])
+            fl = Floor(key, str(info.get("label", key)), float(best) / per, name)
+            if key not in floors or fl.per_op < floors[key].per_op:
+                floors[key] = fl
+            continue
+        x = info.get("x")
+        extra = {k: v for k, v in (b.get("extra_info") or {}).items() if k != "report"}
+        entries.append(
+            Entry(
+                name=name,
+                table=str(info.get("table", "Other")),
+                row=str(info.get("row", name)),
+                col=str(info.get("col", "")),
+                key=None if info.get("key") is None else str(info["key"]),
+                floor=None if info.get("floor") is None else str(info["floor"]),
+                per=per,
+                show=str(info.get("show", "op")),
+                note=str(info.get("note", "")),
+                x=None if x is None else float(x),
+                best=float(best),
+                extra=extra,
+            )
+        )
+    return Results(entries, floors, untagged)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_time(seconds: float) -> str:
+    """A duration with a unit chosen for it: '85 ns', '1.23 µs', '45.6 ms', '2.31 s'."""
+    if seconds < 0 or math.isnan(seconds):
+        return "?"
+    for unit, scale in (("ns", 1e-9), ("µs", 1e-6), ("ms", 1e-3)):
+        v = seconds / scale
+        if v < 999.5:
+            return f"{v:.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "n/a"
+    if r < 10:
+        return f"{r:.2f}x"
+    if r < 1000:
+        return f"{r:.1f}x"
+    return f"{r:.1e}x".replace("e+0", "e").replace("e+", "e")
+
+
+def _level_rank(col: str) -> tuple[int, str]:
+    base = col.split("+", 1)[0]
+    if col == "":
+        return (-1, col)
+    if base in LEVELS:
+        return (LEVELS.index(base), col)
+    return (len(LEVELS), col)
+
+
+def _table_rank(title: str, first_seen: int) -> tuple[int, int]:
+    for i, prefix in enumerate(TABLE_ORDER):
+        if title.startswith(prefix):
+            return (i, first_seen)
+    return (len(TABLE_ORDER), first_seen)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_table(res: Results, title: str, entries: Sequence[Entry]) -> list[str]:
+    """One hot path's table: rows x columns (levels), 'figure (ratio)' per cell."""
+    rows: list[str] = []
+    cols: list[str] = []
+    for e in entries:
+        if e.row not in rows:
+            rows.append(e.row)
+        if e.col not in cols:
+            cols.append(e.col)
+    cols.sort(key=_level_rank)
+    cells: dict[tuple[str, str], Entry] = {(e.row, e.col): e for e in entries}
+    head = ["", "floor", *[c or "model" for c in cols]]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        in_row = [cells[(r, c)] for c in cols if (r, c) in cells]
+        fkeys = {e.floor for e in in_row}
+        if len(fkeys) == 1 and None not in fkeys:
+            fk = next(iter(fkeys))
+            assert fk is not None
+            fl = res.floors.get(fk)
+            floor_cell = fmt_time(fl.per_op) if fl is not None else "not run"
+        elif fkeys == {None}:
+            floor_cell = "none"
+        else:
+            floor_cell = "per cell"
+        out = [_md_escape(r), floor_cell]
+        for c in cols:
+            ce = cells.get((r, c))
+            if ce is None:
+                out.append("")
+                continue
+            cell = f"{fmt_time(ce.shown)} ({fmt_ratio(res.ratio(ce))})"
+            if ce.note:
+                cell += f"<br>{_md_escape(ce.note)}"
+            out.append(cell)
+        lines.append("| " + " | ".join(out) + " |")
+    slope = _slopes(res, entries)
+    if slope:
+        lines += ["", slope]
+    lines.append("")
+    return lines
+
+
+def _slopes(res: Results, entries: Sequence[Entry]) -> str:
+    """For a table with an abscissa: the cost of one more x between its two largest values,
+    per column, and the same for the floors."""
+    by_col: dict[str, dict[float, Entry]] = {}
+    for e in entries:
+        if e.x is not None:
+            by_col.setdefault(e.col, {})[e.x] = e
+    parts = []
+    floor_part = ""
+    span = ""
+    for col in sorted(by_col, key=_level_rank):
+        pts = by_col[col]
+        if len(pts) < 2:
+            continue
+        x1, x2 = sorted(pts)[-2:]
+        a, b = pts[x1], pts[x2]
+        parts.append(f"{col or 'model'} {fmt_time((b.per_op - a.per_op) / (x2 - x1))}")
+        span = f"{x1:g} to {x2:g}"
+        if not floor_part and a.floor in res.floors and b.floor in res.floors:
+            fa, fb = res.floors[a.floor or ""], res.floors[b.floor or ""]
+            floor_part = f"; floor {fmt_time((fb.per_op - fa.per_op) / (x2 - x1))}"
+    if not parts:
+        return ""
+    return f"Slope (cost of one more entry, {span}): " + ", ".join(parts) + floor_part + "."
+
+
+# --------------------------------------------------------------------------------------------
+# Goals (issue 5)
+
+
+@dataclass(frozen=True)
+class GoalResult:
+    goal: str
+    figure: str
+    floor: str
+    ratio: float | None
+    limit: str
+    met: bool | None  # None: not measured in this run
+
+
+def _ratio_goal(
+    name: str, keys: dict[str, Entry], res: Results, fig_key: str, floor_key: str, limit: float, what: str
+) -> GoalResult:
+    e = keys.get(fig_key)
+    if e is None:
+        return GoalResult(name, "not run", what, None, f"<= {limit:g}x", None)
+    fl = res.floors.get(floor_key)
+    fe = keys.get(floor_key)
+    floor_t = fl.per_op if fl is not None else (fe.per_op if fe is not None else None)
+    if floor_t is None or floor_t <= 0:
+        return GoalResult(name, fmt_time(e.per_op), f"{what}: not run", None, f"<= {limit:g}x", None)
+    r = e.per_op / floor_t
+    return GoalResult(name, fmt_time(e.per_op), f"{what} {fmt_time(floor_t)}", r, f"<= {limit:g}x", r <= limit)
+
+
+def _worst_level_goal(name: str, keys: dict[str, Entry], fig: str, floor: str, limit: float, what: str) -> GoalResult:
+    """The worst level's ratio of ``fig`` over ``floor`` (both key templates with {level})."""
+    worst: tuple[float, str, Entry, Entry] | None = None
+    for lv in LEVELS:
+        a, b = keys.get(fig.format(level=lv)), keys.get(floor.format(level=lv))
+        if a is None or b is None or b.per_op <= 0:
+            continue
+        r = a.per_op / b.per_op
+        if worst is None or r > worst[0]:
+            worst = (r, lv, a, b)
+    if worst is None:
+        return GoalResult(name, "not run", what, None, f"<= {limit:g}x", None)
+    r, lv, fig_e, floor_e = worst
+    return GoalResult(
+        f"{name} (worst level: {lv})",
+        fmt_time(fig_e.per_op),
+        f"{what} {fmt_time(floor_e.per_op)}",
+        r,
+        f"<= {limit:g}x",
+        r <= limit,
+    )
+
+
+def goals(res: Results) -> list[GoalResult]:
+    """Issue 5's goals, from one run's figures (and issue 4's two, for reference)."""
+    k = res.by_key()
+    out = [
+        _ratio_goal(
+            "refcount inc + dec_and_test vs a bare Lock round trip", k, res, "refcount", "floor:lock", 3, "Lock"
+        ),
+        _worst_level_goal(
+            "scheduling hook: lifecycle (free-running) vs the same with the hook stubbed out",
+            k,
+            "lifecycle-as-is@{level}",
+            "lifecycle-nohook@{level}",
+            1.05,
+            "stubbed",
+        ),
+        _worst_level_goal(
+            "slab poisoning: lifecycle (free-running) vs the same with kasan=False",
+            k,
+            "lifecycle-as-is@{level}",
+            "lifecycle-nokasan@{level}",
+            1.05,
+            "kasan off",
+        ),
+        _ratio_goal("IDA alloc + free with 10**6 ids in use vs 10**3", k, res, "ida@1e6", "ida@1e3", 2, "at 1e3"),
+        _ratio_goal(
+            "one explorer scheduling point (with a switch) vs a bare greenlet switch",
+            k,
+            res,
+            "sched-point-switch",
+            "floor:greenlet",
+            20,
+            "greenlet switch",
+        ),
+    ]
+    # Create + destroy: every level within 1.5x of the fastest.
+    creates = {lv: k[f"create@{lv}"] for lv in LEVELS if f"create@{lv}" in k}
+    if creates:
+        fast_lv = min(creates, key=lambda lv: creates[lv].per_op)
+        slow_lv = max(creates, key=lambda lv: creates[lv].per_op)
+        r = creates[slow_lv].per_op / creates[fast_lv].per_op
+        out.append(
+            GoalResult(
+                f"group create + destroy: slowest level ({slow_lv}) vs fastest ({fast_lv})",
+                fmt_time(creates[slow_lv].per_op),
+                f"{fast_lv} {fmt_time(creates[fast_lv].per_op)}",
+                r,
+                "<= 1.5x",
+                r <= 1.5,
+            )
+        )
+    else:
+        out.append(GoalResult("group create + destroy: slowest level vs fastest", "not run", "", None, "<= 1.5x", None))
+    # Issue 4, for reference: the toy's search rate and the report's wall time.
+    for key, how in (("toy", "sleep sets + DPOR"), ("toy-plain", "plain DFS")):
+        toy = k.get(key)
+        if toy is not None and "schedules" in toy.extra and toy.best > 0:
+            rate = float(toy.extra["schedules"]) / toy.best
+            out.append(
+                GoalResult(
+                    f"issue 4: toy (2 threads x 20 locked steps) schedules per second at bound 2, {how}",
+                    f"{rate:,.0f}/s",
+                    "",
+                    None,
+                    ">= 10,000/s",
+                    rate >= 10_000,
+                )
+            )
+    rep = k.get("report")
+    if rep is not None:
+        out.append(GoalResult(f"issue 4: `{rep.row}` wall time", fmt_time(rep.best), "", None, "< 60 s", rep.best < 60))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+
+def render_report(
+    data: dict[str, Any],
+    *,
+    command: str,
+    wall: float | None = None,
+    plot: str | None = None,
+    plot_note: str = "",
+) -> str:
+    """The Markdown report of one pytest-benchmark JSON document."""
+    res = parse(data)
+    lines = ["# vfio_ref benchmark report", "", f"Produced by: `{command}`", ""]
+    mi = data.get("machine_info") or {}
+    when = data.get("datetime", "")
+    cpu = (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor") or "?"
+    py = f"{mi.get('python_implementation', 'Python')} {mi.get('python_version', '?')}"
+    took = f", {fmt_time(wall)} in all." if wall else "."
+    lines.append(f"Run {when} on {mi.get('node', '?')} ({cpu}; {py}){took}")
+    lines += [
+        "",
+        "Every figure is the fastest round of its benchmark (the least disturbed by other load), per "
+        "operation unless the row says otherwise, and beside it, in parentheses, its ratio to the floor "
+        "of its row, measured in the same run: the floors are the cheapest Python the same work could "
+        "cost (a bare `threading.Lock` round trip, a bare list scan, a bare greenlet switch), so the "
+        "ratios hold when absolute times drift.  Levels p3 and p4 run with the fix agreed in review "
+        "(`+fix`): as posted they free the group they create."
+        + (" The garbage collector was off while timing." if _gc_off(data) else ""),
+        "",
+        "## Goals",
+        "",
+        "| goal | figure | against | ratio | limit | met? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in goals(res):
+        met = "n/a" if g.met is None else ("yes" if g.met else "**no**")
+        ratio = fmt_ratio(g.ratio) if g.ratio is not None else ""
+        lines.append(f"| {_md_escape(g.goal)} | {g.figure} | {g.floor} | {ratio} | {g.limit} | {met} |")
+    lines += ["", "## Hot paths", ""]
+    tables: dict[str, list[Entry]] = {}
+    for e in res.entries:
+        tables.setdefault(e.table, []).append(e)
+    order = sorted(enumerate(tables), key=lambda it: _table_rank(it[1], it[0]))
+    for _, title in order:
+        lines += render_table(res, title, tables[title])
+        if plot and title.startswith("Lookup"):
+            lines += [f"![lookup cost vs number of groups]({plot})", ""]
+        elif plot_note and title.startswith("Lookup"):
+            lines += [plot_note, ""]
+    if res.floors:
+        lines += ["## Floors", "", "| floor | what | per operation |", "|---|---|---|"]
+        for key in sorted(res.floors):
+            fl = res.floors[key]
+            lines.append(f"| `{key}` | {_md_escape(fl.label)} | {fmt_time(fl.per_op)} |")
+        lines.append("")
+    if res.untagged:
+        lines += [f"Untagged benchmarks (in the JSON only): {', '.join(res.untagged)}.", ""]
+    return "\n".join(lines)
+
+
+def _gc_off(data: dict[str, Any]) -> bool:
+    bs = data.get("benchmarks") or []
+    return bool(bs) and all(bool((b.get("options") or {}).get("disable_gc")) for b in bs)
+
+
+def plot_lookup(data: dict[str, Any], path: str) -> bool:
+    """A PNG of lookup cost vs number of groups, one line per level (and the floor).
+    False when matplotlib (the ``plot`` extra) is not installed or there is nothing to plot."""
+    try:
+        mpl = importlib.import_module("matplotlib")
+    except ImportError:
+        return False
+    mpl.use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+    res = parse(data)
+    series: dict[str, list[tuple[float, float]]] = {}
+    floor: dict[float, float] = {}
+    for e in res.entries:
+        if e.table.startswith("Lookup") and e.x is not None:
+            series.setdefault(e.col, []).append((e.x, e.per_op * 1e6))
+            fl = res.floors.get(e.floor or "")
+            if fl is not None:
+                floor[e.x] = fl.per_op * 1e6
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for col in sorted(series, key=_level_rank):
+        pts = sorted(series[col])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=col)
+    if floor:
+        xs = sorted(floor)
+        ax.plot(xs, [floor[x] for x in xs], linestyle="--", color="grey", label="floor: list scan")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("vfio groups alive")
+    ax.set_ylabel("vfio_group_get_from_iommu + vfio_group_put (µs)")
+    ax.set_title("Lookup cost vs number of groups")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Running the suite
+
+
+def find_benchmarks_dir() -> Path:
+    """``benchmarks/`` of the source checkout: under the working directory or one of its
+    parents, else beside the package's source tree (an editable install)."""
+    cands = [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]]
+    for c in cands:
+        d = c / "benchmarks"
+        if d.is_dir() and any(d.glob("bench_*.py")):
+            return d
+    raise ModelUsageError(
+        "vfio-ref bench: no benchmarks/ directory with bench_*.py found; run it from a source checkout"
+    )
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def run_suite(bench_dir: Path, json_path: str, *, quick: bool) -> int:
+    """Run the benchmarks with pytest-benchmark, results to ``json_path``; pytest's exit code."""
+    try:
+        pytest = importlib.import_module("pytest")
+        importlib.import_module("pytest_benchmark")
+    except ImportError:
+        raise ModelUsageError("vfio-ref bench needs pytest and pytest-benchmark: pip install 'vfio-ref[dev]'") from None
+    args = [
+        str(bench_dir),
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "python_files=bench_*.py",
+        f"--rootdir={bench_dir.parent}",
+        f"--benchmark-json={json_path}",
+        "--benchmark-disable-gc",
+        "-q",
+        "--benchmark-quiet",
+    ]
+    if quick:
+        args += ["--benchmark-max-time=0.05", "--benchmark-min-rounds=3", "--benchmark-warmup=off"]
+    else:
+        args += ["--benchmark-max-time=0.5", "--benchmark-min-rounds=5"]
+    # Benchmark modules read the quick switch when imported: make pytest import them afresh.
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None) or ""
+        if f and Path(f).parent == bench_dir:
+            del sys.modules[name]
+    with _env(QUICK_ENV, "1" if quick else "0"):
+        return int(pytest.main(args))
+
+
+def main(*, quick: bool, out: str) -> int:
+    """Run the suite (``quick``: about a minute) and write the Markdown report to ``out``."""
+    bench_dir = find_benchmarks_dir()
+    command = "vfio-ref bench" + (" --quick" if quick else "") + (f" --out {out}" if out != DEFAULT_OUT else "")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vfio-ref-bench-") as tmp:
+        json_path = os.path.join(tmp, "benchmarks.json")
+        rc = run_suite(bench_dir, json_path, quick=quick)
+        if not os.path.exists(json_path):
+            raise ModelUsageError(f"vfio-ref bench: the benchmark run failed (pytest exit code {rc})")
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    wall = time.perf_counter() - t0
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    png = out_path.with_name(out_path.stem + "-lookup.png")
+    plotted = plot_lookup(data, str(png))
+    text = render_report(
+        data,
+        command=command,
+        wall=wall,
+        plot=png.name if plotted else None,
+        plot_note="" if plotted else "(Install the `plot` extra, `pip install 'vfio-ref[plot]'`, for a plot.)",
+    )
+    out_path.write_text(text + "\n", encoding="utf-8")
+    res = parse(data)
+    gl = goals(res)
+    missed = [g.goal for g in gl if g.met is False]
+    print(f"wrote {out_path}" + (f" and {png}" if plotted else "") + f" ({len(res.entries)} figures, {wall:.0f} s)")
+    if missed:
+        print("goals missed: " + "; ".join(missed), file=sys.stderr)
+    if rc != 0:
+        print(f"vfio-ref bench: some benchmarks failed (pytest exit code {rc})", file=sys.stderr)
+        return 1
+    return 0

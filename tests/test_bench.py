@@ -1,0 +1,220 @@
+"""vfio-ref bench's report rendering, on a small synthetic pytest-benchmark JSON document
+(no benchmark runs here: the figures are made up, only the arithmetic and layout matter)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vfio_ref import bench
+from vfio_ref.kernel.core import ModelUsageError
+
+
+def _b(name: str, best: float, report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "stats": {"min": best, "mean": best * 1.1}, "extra_info": {"report": report, **extra}}
+
+
+def _entry(name: str, best: float, **tags: Any) -> dict[str, Any]:
+    tags.setdefault("per", 1)
+    tags.setdefault("show", "op")
+    tags.setdefault("col", "")
+    return _b(name, best, tags)
+
+
+def _doc() -> dict[str, Any]:
+    lookup = "Lookup: get + put"
+    life = "Lifecycle scenario"
+    create = "Group create + destroy"
+    return {
+        "datetime": "2021-10-01T00:00:00",
+        "machine_info": {"node": "box", "python_implementation": "CPython", "python_version": "3.11.7"},
+        "benchmarks": [
+            # floors: 200 lock round trips in 10 µs -> 50 ns each
+            _b("test_floor_lock", 10e-6, {"floor_of": "floor:lock", "label": "a bare Lock round trip", "per": 200}),
+            _b("test_floor_greenlet", 100e-6, {"floor_of": "floor:greenlet", "label": "greenlet", "per": 1000}),
+            _b("scan64", 640e-9, {"floor_of": "floor:scan:64", "label": "scan 64", "per": 1}),
+            _b("scan1024", 10.24e-6, {"floor_of": "floor:scan:1024", "label": "scan 1024", "per": 1}),
+            # primitives: refcount 200 ops in 25 µs -> 125 ns = 2.5x the lock
+            _entry(
+                "test_refcount", 25e-6, table="Primitives", row="refcount", key="refcount", floor="floor:lock", per=200
+            ),
+            # lookup at two sizes, two levels
+            _entry(
+                "l64b",
+                3.2e-6,
+                table=lookup,
+                row="64 groups",
+                col="base",
+                key="lookup:64@base",
+                floor="floor:scan:64",
+                x=64,
+            ),
+            _entry(
+                "l64p5",
+                3.0e-6,
+                table=lookup,
+                row="64 groups",
+                col="p5",
+                key="lookup:64@p5",
+                floor="floor:scan:64",
+                x=64,
+            ),
+            _entry(
+                "l1kb",
+                51.2e-6,
+                table=lookup,
+                row="1024 groups",
+                col="base",
+                key="lookup:1024@base",
+                floor="floor:scan:1024",
+                x=1024,
+            ),
+            _entry(
+                "l1kp5",
+                40.96e-6,
+                table=lookup,
+                row="1024 groups",
+                col="p5",
+                key="lookup:1024@p5",
+                floor="floor:scan:1024",
+                x=1024,
+            ),
+            # lifecycle: the hook costs 2% at base, poisoning 25% at p5
+            _entry("lb", 510e-6, table=life, row="as it runs", col="base", key="lifecycle-as-is@base"),
+            _entry("lbh", 500e-6, table=life, row="hook stubbed", col="base", key="lifecycle-nohook@base"),
+            _entry("lbk", 490e-6, table=life, row="kasan off", col="base", key="lifecycle-nokasan@base"),
+            _entry("lp", 500e-6, table=life, row="as it runs", col="p5", key="lifecycle-as-is@p5"),
+            _entry("lph", 499e-6, table=life, row="hook stubbed", col="p5", key="lifecycle-nohook@p5"),
+            _entry("lpk", 400e-6, table=life, row="kasan off", col="p5", key="lifecycle-nokasan@p5"),
+            # create: p1 is 2x base
+            _entry(
+                "cb", 80e-6, table=create, row="create + destroy", col="base", key="create@base", floor="floor:lock"
+            ),
+            _entry("c1", 160e-6, table=create, row="create + destroy", col="p1", key="create@p1", floor="floor:lock"),
+            _entry(
+                "c3", 81e-6, table=create, row="create + destroy", col="p3+fix", key="create@p3", floor="floor:lock"
+            ),
+            # IDA
+            _entry("i3", 1.0e-6, table="IDA", row="1e3", key="ida@1e3", floor="floor:lock"),
+            _entry("i6", 1.5e-6, table="IDA", row="1e6", key="ida@1e6", floor="floor:lock"),
+            # explorer: 1999 points in 1.4 ms -> 700 ns = 7x a 100 ns switch
+            _entry(
+                "pt",
+                1.3993e-3,
+                table="Explorer: one scheduling point",
+                row="switch",
+                key="sched-point-switch",
+                floor="floor:greenlet",
+                per=1999,
+                note="1999 points",
+            ),
+            _b(
+                "toy",
+                0.1,
+                {
+                    "table": "Explorer: issue 4's toy",
+                    "row": "toy",
+                    "col": "",
+                    "key": "toy",
+                    "floor": "floor:greenlet",
+                    "per": 60000,
+                    "show": "total",
+                },
+                schedules=762,
+            ),
+            {"name": "untagged_one", "stats": {"min": 1.0}, "extra_info": {}},
+        ],
+    }
+
+
+def test_parse_floors_and_entries() -> None:
+    res = bench.parse(_doc())
+    assert res.floors["floor:lock"].per_op == pytest.approx(50e-9)
+    assert res.floors["floor:greenlet"].per_op == pytest.approx(100e-9)
+    assert res.untagged == ["untagged_one"]
+    k = res.by_key()
+    assert res.ratio(k["refcount"]) == pytest.approx(2.5)
+    assert res.ratio(k["lookup:1024@p5"]) == pytest.approx(4.0)
+    assert res.ratio(k["sched-point-switch"]) == pytest.approx(7.0, rel=1e-3)
+    assert k["toy"].shown == pytest.approx(0.1)  # a total, not per point
+
+
+def test_formatting() -> None:
+    assert bench.fmt_time(125e-9) == "125 ns"
+    assert bench.fmt_time(3.2e-6) == "3.2 µs"
+    assert bench.fmt_time(0.0456) == "45.6 ms"
+    assert bench.fmt_time(2.5) == "2.5 s"
+    assert bench.fmt_ratio(2.5) == "2.50x"
+    assert bench.fmt_ratio(14.25) == "14.2x"
+    assert bench.fmt_ratio(12345.0) == "1.2e4x"
+    assert bench.fmt_ratio(None) == "n/a"
+
+
+def test_goals_met_and_missed() -> None:
+    by_name = {g.goal.split(" (")[0].split(":")[0]: g for g in bench.goals(bench.parse(_doc()))}
+    assert by_name["refcount inc + dec_and_test vs a bare Lock round trip"].met is True
+    hook = by_name["scheduling hook"]
+    assert hook.met is True and hook.ratio == pytest.approx(1.02)  # base is the worst level: 510/500
+    poison = by_name["slab poisoning"]
+    assert poison.met is False and poison.ratio == pytest.approx(1.25) and "p5" in poison.goal
+    ida = by_name["IDA alloc + free with 10**6 ids in use vs 10**3"]
+    assert ida.met is True and ida.ratio == pytest.approx(1.5)
+    assert by_name["one explorer scheduling point"].met is True
+    create = by_name["group create + destroy"]
+    assert create.met is False and create.ratio == pytest.approx(2.0) and "(p1)" in create.goal
+    toy = by_name["issue 4"]
+    assert toy.met is False and toy.figure == "7,620/s"
+
+
+def test_render_report_tables() -> None:
+    text = bench.render_report(_doc(), command="vfio-ref bench --quick", wall=61.0)
+    lines = text.splitlines()
+    assert lines[0] == "# vfio_ref benchmark report"
+    assert "Produced by: `vfio-ref bench --quick`" in lines
+    # One table per hot path, in reading order, levels as columns in level order.
+    heads = [ln for ln in lines if ln.startswith("### ")]
+    assert heads == [
+        "### Primitives",
+        "### Lookup: get + put",
+        "### Group create + destroy",
+        "### Lifecycle scenario",
+        "### IDA",
+        "### Explorer: one scheduling point",
+        "### Explorer: issue 4's toy",
+    ]
+    i = lines.index("### Lookup: get + put")
+    assert lines[i + 2] == "|  | floor | base | p5 |"
+    assert lines[i + 4] == "| 64 groups | 640 ns | 3.2 µs (5.00x) | 3 µs (4.69x) |"
+    assert lines[i + 5] == "| 1024 groups | 10.2 µs | 51.2 µs (5.00x) | 41 µs (4.00x) |"
+    # The slope between the two largest sizes, per level and for the floor.
+    slope = next(ln for ln in lines if ln.startswith("Slope"))
+    assert "base 50 ns" in slope and "p5 39.5 ns" in slope and "floor 10 ns" in slope
+    j = lines.index("### Group create + destroy")
+    assert lines[j + 2] == "|  | floor | base | p1 | p3+fix |"
+    assert "| create + destroy | 50 ns | 80 µs (1.6e3x) | 160 µs (3.2e3x) | 81 µs (1.6e3x) |" in lines
+    # Notes go under the figure; totals are shown whole, ratios stay per operation.
+    assert any("700 ns (7.00x)<br>1999 points" in ln for ln in lines)
+    assert "| toy | 100 ns | 100 ms (16.7x) |" in lines
+    # Goals table with the misses in bold.
+    assert "| goal | figure | against | ratio | limit | met? |" in lines
+    assert any(ln.startswith("| slab poisoning") and ln.endswith("| **no** |") for ln in lines)
+    assert "Untagged benchmarks (in the JSON only): untagged_one." in lines
+    assert "| `floor:lock` | a bare Lock round trip | 50 ns |" in lines
+
+
+def test_missing_figures_are_not_run() -> None:
+    doc = {"benchmarks": [_entry("only", 1e-6, table="Primitives", row="refcount", key="refcount", floor="floor:lock")]}
+    gl = bench.goals(bench.parse(doc))
+    assert gl[0].met is None and "not run" in gl[0].floor
+    assert all(g.met is None for g in gl)
+    text = bench.render_report(doc, command="vfio-ref bench")
+    assert "| refcount | not run | 1 µs (n/a) |" in text
+
+
+def test_without_the_dev_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # as if not installed
+    with pytest.raises(ModelUsageError, match=r"pip install 'vfio-ref\[dev\]'"):
+        bench.run_suite(Path("benchmarks"), "unused.json", quick=True)
