@@ -397,8 +397,14 @@ class ControlledScheduler:
         self.evaluating = True
         for t in live:
             r = t.ready
-            if r is None or _ready(r):
+            if r is None:
                 enabled.append(t)
+            else:
+                try:
+                    if r():
+                        enabled.append(t)
+                except KernelFault:  # see _ready
+                    enabled.append(t)
         self.evaluating = False
         if not enabled:
             self._block_forever()
@@ -431,7 +437,10 @@ class ControlledScheduler:
             self._pending_switch = ""
         ex = self.on_exec
         if ex is not None:
-            ex((op, self.oid(obj), op not in READ_OPS), cur.index)
+            n = self._oids.get(id(obj))
+            if n is None:
+                n = self.oid(obj)
+            ex((op, n, op not in READ_OPS), cur.index)
 
     def oid(self, obj: object) -> int:
         """A number for ``obj`` that is the same in every execution of a schedule prefix:

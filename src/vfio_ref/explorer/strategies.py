@@ -194,12 +194,12 @@ class DfsStrategy:
             self.recent.append(key)
         if not self.reduction:
             return
-        oid, write = key[1], key[2]
+        op, oid, write = key
         c = self.clocks.get(tid)
         if c is None:
             c = self.clocks[tid] = {}
         acc = self.acc.get(oid)
-        if acc is not None and key[0] in RELEASE_OPS:
+        if acc is not None and op in RELEASE_OPS:
             # Releasing a lock this thread holds: the next acquirer is ordered after all of it
             # (its clock carries the release's), but the race to reverse is between the two
             # acquires (a release and the next acquire are never co-enabled), so the entry
