@@ -316,7 +316,7 @@ def explore(
             collector.add(res.findings, res.sched)
             prog.tick(stats.schedules)
     elif mode == "dfs":
-        stats = Stats(mode="systematic" + (" + sleep sets" if reduction else ""), bound=bound)
+        stats = Stats(mode="systematic" + (" + sleep sets + DPOR" if reduction else ""), bound=bound)
         nodes: list[Node] = []
         exhausted = True
         while True:
