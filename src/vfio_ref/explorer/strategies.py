@@ -117,6 +117,9 @@ class Node:
     done: set[int] = field(default_factory=set)
 
 
+# Lock acquisitions (their races get a contention point as well; see DfsStrategy._contend).
+LOCK_OPS = frozenset({"mutex_lock", "spin_lock", "down_write", "down_read", "mutex_trylock"})
+
 # Operations taken as dependent on every other: a thread's start and a join.
 _GLOBAL = frozenset({"start", "join"})
 
@@ -221,12 +224,16 @@ class DfsStrategy:
             if w is not None and w[0] != tid:
                 if c.get(w[0], 0) < w[1]:
                     self._race(w[3], tid)
+                    if op in LOCK_OPS:
+                        self._contend(w[3], w[0], tid)
                 _join(c, w[2])
             if write:
                 for rt, (ridx, rclock, rnode) in reads.items():
                     if rt != tid:
                         if c.get(rt, 0) < ridx:
                             self._race(rnode, tid)
+                            if op in LOCK_OPS:
+                                self._contend(rnode, rt, tid)
                         _join(c, rclock)
         idx = c.get(tid, 0) + 1
         c[tid] = idx
@@ -236,6 +243,18 @@ class DfsStrategy:
             self.acc[oid] = (None, {tid: (idx, dict(c), self.last_node)})
         else:
             acc[1][tid] = (idx, dict(c), self.last_node)
+
+    def _contend(self, node_idx: int, holder: int, tid: int) -> None:
+        """Two threads' acquires of one lock race.  Besides reversing them, try ``tid`` at the
+        first choice point after ``holder`` took the lock, while it still holds it: ``tid``
+        then blocks on the lock and the switch back costs no preemption.  Under a preemption
+        bound that interleaving is otherwise out of reach (Coons et al., OOPSLA'13), and it
+        is the one where ``tid`` waits at a point it could not be preempted at for free."""
+        nxt = node_idx + 1
+        if nxt < len(self.nodes):
+            node = self.nodes[nxt]
+            if node.cur == holder and tid in node.candidates:
+                node.backtrack.add(tid)
 
     def _race(self, node_idx: int, tid: int) -> None:
         """An operation of ``tid`` races with one made after node ``node_idx``: try ``tid``
