@@ -75,11 +75,20 @@ class Verdict:
             lines.append(f"[{f.kind}] {f.detail}")
             if f.injected:
                 lines.append(f"  injected failure: {f.injected}")
-            lines.append(
-                f"  schedule: {f.schedule}   (replay: vfio-ref explore {self.scenario} --level "
-                f"{self.level}{' --review-fixes' if self.review_fixes else ''}"
-                f"{' --ablation ' + self.ablation if self.ablation else ''} --replay {f.schedule})"
+            flags = (" --review-fixes" if self.review_fixes else "") + (
+                f" --ablation {self.ablation}" if self.ablation else ""
             )
+            if f.injected:
+                # A sweep's finding depends on its injected failure too: rerun the sweep.
+                lines.append(
+                    f"  schedule: {f.schedule}   (with that failure injected; rerun: vfio-ref explore "
+                    f"{self.scenario} --level {self.level}{flags})"
+                )
+            else:
+                lines.append(
+                    f"  schedule: {f.schedule}   (replay: vfio-ref explore {self.scenario} --level "
+                    f"{self.level}{flags} --replay {f.schedule})"
+                )
             if traces and f.trace:
                 lines.append(f.trace)
         lines.append("")
