@@ -51,6 +51,7 @@ def test_an_ab_ba_order_is_a_lockdep_report_in_every_schedule_and_a_deadlock_in_
     assert "T1: blocked in mutex_lock(B) held by T2" in dl.detail
     assert "T2: blocked in mutex_lock(A) held by T1" in dl.detail
     assert "holds A" in dl.detail and "holds B" in dl.detail
+    assert "wait-for cycle: T1 -> T2 -> T1" in dl.detail or "wait-for cycle: T2 -> T1 -> T2" in dl.detail
 
 
 def test_the_bounded_space_of_two_threads_of_twenty_locked_steps_has_762_schedules() -> None:

@@ -171,9 +171,32 @@ class TraceEvent:
 @dataclass
 class DeadlockInfo:
     threads: list[str] = field(default_factory=list)
+    cycle: list[str] = field(default_factory=list)  # T1, T2, T1: each waits for a lock the next holds
 
     def __str__(self) -> str:
-        return "deadlock: all threads blocked:\n" + "\n".join(f"  {t}" for t in self.threads)
+        lines = ["deadlock: all threads blocked:", *(f"  {t}" for t in self.threads)]
+        if self.cycle:
+            lines.append("  wait-for cycle: " + " -> ".join(self.cycle))
+        return "\n".join(lines)
+
+
+def _find_cycle(waits: dict[str, list[str]]) -> list[str]:
+    """A cycle in the wait-for graph (thread -> threads holding what it waits for), as
+    [a, b, ..., a]; empty when there is none (say, a wait for a thread that never wakes it)."""
+    for start in waits:
+        path = [start]
+        seen = {start}
+        node = start
+        while True:
+            nxt = next((h for h in waits.get(node, []) if h in waits), None)
+            if nxt is None:
+                break
+            if nxt in seen:
+                return [*path[path.index(nxt) :], nxt]
+            path.append(nxt)
+            seen.add(nxt)
+            node = nxt
+    return []
 
 
 Choice = tuple[list["SimThread"], "SimThread", bool, "SimThread"]
@@ -517,11 +540,15 @@ class ControlledScheduler:
 
     def _record_deadlock(self) -> None:
         info = DeadlockInfo()
+        waits: dict[str, list[str]] = {}
         for t in self.live:
             holders = []
             h = getattr(t.obj, "holders", None)
             if h is not None:
                 holders = [x.name for x in h()]
+            waits[t.name] = holders
+            faulted = {th.task.name for th in self.threads if th.done and th.fault is not None}
+            holders = [f"{n} (which died of a fault holding it)" if n in faulted else n for n in holders]
             where = " <- ".join(_greenlet_backtrace(t.glet))
             what = describe(t.op, t.obj)
             held = ", ".join(getattr(x.lock, "lock_class", "?") for x in t.task.held) or "nothing"
@@ -530,6 +557,7 @@ class ControlledScheduler:
                 line += f" held by {', '.join(holders)}"
             line += f"; holds {held}; at {where}"
             info.threads.append(line)
+        info.cycle = _find_cycle(waits)
         self.deadlock = info
 
     def _kill_all(self) -> None:

@@ -42,7 +42,7 @@ _SKIP_FRAMES = frozenset(
     {
         "WARN_ON", "WARN_ON_ONCE", "WARN", "WARN_ONCE", "dev_WARN", "BUG_ON", "BUG",
         "backtrace", "model_site", "__init__", "__getattribute__", "__setattr__", "point",
-        "<lambda>", "<genexpr>", "<listcomp>", "<module>", "body", "_worker",
+        "<lambda>", "<genexpr>", "<listcomp>", "<module>", "body", "_worker", "guarded",
     }
 )
 
