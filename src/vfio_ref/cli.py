@@ -36,25 +36,19 @@ def _levels() -> tuple[str, ...]:
 
 def _matrix(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
     from .scenarios import SCENARIO_NAMES, run
-    from .vfio import ablations_table, check_level
+    from .vfio import check_level, get_ablation
 
     levels = list(args.level or _levels())
     for lv in levels:
         check_level(lv)
     scenarios = list(args.scenario or SCENARIO_NAMES)
     if args.ablation is not None:
-        a = ablations_table().get(args.ablation)
-        if a is None:
-            raise ModelUsageError(
-                f"unknown ablation {args.ablation!r}: the ablations are {', '.join(sorted(ablations_table()))}"
-            )
+        a = get_ablation(args.ablation)
         levels = [lv for lv in levels if lv in a.levels]
         if not levels:
             raise ModelUsageError(f"ablation {args.ablation!r} applies to none of the levels asked for")
     out: dict[str, dict[str, Any]] = {}
     for name in scenarios:
-        if name not in SCENARIO_NAMES:
-            raise ModelUsageError(f"unknown scenario {name!r}: the scenarios are {', '.join(SCENARIO_NAMES)}")
         out[name] = {}
         for lv in levels:
             v = run(

@@ -346,14 +346,7 @@ def explore(
         if shrink and f.schedule != "-":
             f.schedule = shrink_schedule(program, judge, f.key, f.schedule, kernel_factory, max_steps)
         if traces:
-            res = run_once(
-                program,
-                judge,
-                ReplayStrategy(parse_schedule(f.schedule)),
-                kernel_factory=kernel_factory,
-                trace=True,
-                max_steps=max_steps,
-            )
+            res = replay_findings(program, judge, f.schedule, kernel_factory, max_steps)
             f.trace = res.sched.trace
             f.threads = [t.name for t in res.sched.threads]
             f.preemptions = res.sched.preemptions
@@ -400,11 +393,20 @@ def shrink_schedule(
 
 
 def replay_findings(
-    program: Program, judge: Judge, schedule: str, kernel_factory: KernelFactory = _default_kernel
+    program: Program,
+    judge: Judge,
+    schedule: str,
+    kernel_factory: KernelFactory = _default_kernel,
+    max_steps: int = 200_000,
 ) -> RunResult:
     """Run exactly ``schedule`` with tracing on."""
     return run_once(
-        program, judge, ReplayStrategy(parse_schedule(schedule)), kernel_factory=kernel_factory, trace=True
+        program,
+        judge,
+        ReplayStrategy(parse_schedule(schedule)),
+        kernel_factory=kernel_factory,
+        trace=True,
+        max_steps=max_steps,
     )
 
 

@@ -22,15 +22,12 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from greenlet import GreenletExit, greenlet
 
 from ..kernel.core import ALL_CAPS, Kernel, KernelFault, Task, backtrace
 from ..kernel.sched import READ_OPS, RELEASE_OPS
-
-if TYPE_CHECKING:
-    pass
 
 
 class StepLimitExceeded(Exception):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..kernel.sched import RELEASE_OPS
+from ..kernel.sched import READ_OPS, RELEASE_OPS
 from .scheduler import FORCED, ControlledScheduler, ScheduleMismatch, SimThread
 
 
@@ -110,7 +110,6 @@ class Node:
     candidates: tuple[int, ...]
     enabled: tuple[int, ...]
     cur: int
-    cur_enabled: bool
     chosen: int
     ops: dict[int, Key]
     backtrack: set[int]
@@ -314,9 +313,8 @@ class DfsStrategy:
                     cand,
                     tuple([t.index for t in enabled]),
                     cur.index,
-                    cur_enabled,
                     choice.index,
-                    {t.index: (t.op, sched.oid(t.obj), t.op not in _READ) for t in candidates},
+                    {t.index: (t.op, sched.oid(t.obj), t.op not in READ_OPS) for t in candidates},
                     {choice.index} if self.reduction else set(cand),
                 )
                 self.nodes.append(node)
@@ -373,17 +371,3 @@ class PctStrategy:
             self.prio[cur.index] = self.low
         return max(enabled, key=lambda t: self.prio[t.index])
 
-
-_READ = frozenset(
-    {
-        "refcount_read",
-        "atomic_read",
-        "list_empty",
-        "list_for_each_entry",
-        "READ_ONCE",
-        "kref_read",
-        "idr_find",
-        "ida_is_empty",
-        "down_read",
-    }
-)

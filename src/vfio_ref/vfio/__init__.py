@@ -55,10 +55,6 @@ def check_level(level: str) -> None:
 
 def ablations_table() -> dict[str, Any]:
     """The ablations by name (empty when the ablations module is not present)."""
-    return _ablations()
-
-
-def _ablations() -> dict[str, Any]:
     try:
         from .ablations import ABLATIONS
     except ModuleNotFoundError:
@@ -66,16 +62,22 @@ def _ablations() -> dict[str, Any]:
     return ABLATIONS
 
 
-def check_ablation(ablation: str | None, level: str) -> Any:
-    """The Ablation called ``ablation``, checked to apply at ``level`` (None for None)."""
-    if ablation is None:
-        return None
-    table = _ablations()
+def get_ablation(ablation: str) -> Any:
+    """The Ablation called ``ablation``; an unknown name is a ModelUsageError listing them."""
+    table = ablations_table()
     a = table.get(ablation)
     if a is None:
         raise ModelUsageError(
             f"unknown ablation {ablation!r}: the ablations are {', '.join(sorted(table)) or 'none'}"
         )
+    return a
+
+
+def check_ablation(ablation: str | None, level: str) -> Any:
+    """The Ablation called ``ablation``, checked to apply at ``level`` (None for None)."""
+    if ablation is None:
+        return None
+    a = get_ablation(ablation)
     if level not in a.levels:
         raise ModelUsageError(
             f"ablation {ablation!r} does not apply to level {level!r}: it applies to {', '.join(a.levels)}"
@@ -156,6 +158,7 @@ __all__ = [
     "boot",
     "check_ablation",
     "check_level",
+    "get_ablation",
     "level_class",
     "load",
 ]

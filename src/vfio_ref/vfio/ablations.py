@@ -17,7 +17,7 @@ from ..kernel.cdev import cdev_device_del
 from ..kernel.device import MAJOR, MKDEV, device_destroy, put_device
 from ..kernel.iommu import iommu_group_unregister_notifier
 from ..kernel.mutex import mutex_lock, mutex_unlock
-from ..kernel.refcount import refcount_dec_and_test, refcount_inc
+from ..kernel.refcount import refcount_dec_and_mutex_lock, refcount_dec_and_test, refcount_inc
 from ..kernel.shared import list_del, list_empty, list_for_each_entry_safe
 from ..kernel.slab import kfree
 
@@ -62,8 +62,6 @@ class UnboundCleanupInReleaseP5:
 
     def vfio_group_put(self: Any, group: Any) -> None:
         k, vfio = self.k, self.vfio
-        from ..kernel.refcount import refcount_dec_and_mutex_lock
-
         if not refcount_dec_and_mutex_lock(group.users, vfio.group_lock):
             return
         WARN_ON(k, not list_empty(group.device_list), "!list_empty(&group->device_list)")
