@@ -378,7 +378,9 @@ class RecordingSched:
     def __init__(self) -> None:
         self.points: list[tuple[str, object]] = []
 
-    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+    def point(
+        self, op: str, obj: object, ready: Callable[[], bool] | None = None, field: str = ""
+    ) -> None:
         assert ready is None or ready(), f"{op} would block"
         self.points.append((op, obj))
 

@@ -411,7 +411,9 @@ class RecordingSched:
         self.step_no = 0
         self.seen: list[tuple[str, list[int]]] = []
 
-    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+    def point(
+        self, op: str, obj: object, ready: Callable[[], bool] | None = None, field: str = ""
+    ) -> None:
         self.step_no += 1
         self.seen.append((op, list(obj) if isinstance(obj, Ida) else []))
 

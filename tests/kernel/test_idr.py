@@ -198,7 +198,9 @@ class RecordingSched:
         self.step_no = 0
         self.ops: list[str] = []
 
-    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+    def point(
+        self, op: str, obj: object, ready: Callable[[], bool] | None = None, field: str = ""
+    ) -> None:
         self.step_no += 1
         if isinstance(obj, Idr):
             self.ops.append(f"{op} {len(obj)}")  # how many ids were in use before it acted

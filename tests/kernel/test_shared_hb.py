@@ -418,7 +418,9 @@ class NullScheduler:
 
     step_no = 0
 
-    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+    def point(
+        self, op: str, obj: object, ready: Callable[[], bool] | None = None, field: str = ""
+    ) -> None:
         self.step_no += 1
 
     def spawn_daemon(self, name: str, fn: Callable[[], None]) -> None:

@@ -35,7 +35,9 @@ class Recorder:
         self.kernel: Kernel | None = None
         self.probe = probe
 
-    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+    def point(
+        self, op: str, obj: object, ready: Callable[[], bool] | None = None, field: str = ""
+    ) -> None:
         self.step_no += 1
         extra = self.probe(op, obj) if self.probe is not None else None
         self.events.append(Event(op, obj, backtrace(2, 8), extra))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .core import Kernel
+from .sched import note_created
 
 INT_MAX = 0x7FFFFFFF
 INT_MIN = -0x80000000
@@ -32,6 +33,7 @@ class Atomic:
         self.kernel = kernel
         self.counter = s32(value)
         self.container: Any = None
+        note_created(kernel.sched, self)
 
     def _rmw(self, op: str, fn: Any) -> int:
         """Apply fn(old) -> new atomically; return old."""

@@ -63,7 +63,7 @@ def BUG_ON(k: Kernel, condition: object, text: str) -> None:
     """Raise KernelBug('kernel BUG at <function>: <text>') when ``condition`` holds."""
     if condition:
         fn, site = model_site(2)
-        exc = KernelBug(f"kernel BUG in {fn}: BUG_ON({text}) [{site}]")
+        exc = KernelBug(f"kernel BUG in {fn}: BUG_ON({text}) [{site}]", function=fn, what=f"BUG_ON({text})")
         exc.backtrace = backtrace(2)
         k.printk(exc.message)
         raise exc
@@ -71,7 +71,7 @@ def BUG_ON(k: Kernel, condition: object, text: str) -> None:
 
 def BUG(k: Kernel, message: str) -> None:
     fn, site = model_site(2)
-    exc = KernelBug(f"kernel BUG in {fn}: {message} [{site}]")
+    exc = KernelBug(f"kernel BUG in {fn}: {message} [{site}]", function=fn, what=message)
     exc.backtrace = backtrace(2)
     k.printk(exc.message)
     raise exc

@@ -59,11 +59,15 @@ class KernelFault(Exception):
 
     kind = "bug"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, function: str = "", what: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.thread = current_thread_name()
         self.backtrace: tuple[str, ...] = ()
+        # The fault's identity, as a report names it: the kernel function where it happened
+        # and what happened there (the BUG_ON condition, the freed Type.member touched...).
+        self.function = function
+        self.what = what
 
 
 class KernelBug(KernelFault):

@@ -25,6 +25,7 @@ from .core import Kernel, model_site
 from .errno import EEXIST, EINVAL, ENODEV, ENOMEM, ERR_PTR, IS_ERR
 from .kref import Kref
 from .mutex import Mutex
+from .sched import note_created
 from .slab import KStruct, kfree, kzalloc
 
 MINORBITS = 20
@@ -66,6 +67,7 @@ class Kobject:
         self.release: Callable[[Kobject], None] | None = None
         self.state_initialized = False
         self.state_in_sysfs = False
+        note_created(kernel.sched, self)
 
     def __repr__(self) -> str:
         return f"<kobject {self.name} kref={self.kref.refcount.refs}>"

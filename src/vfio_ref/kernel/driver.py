@@ -233,7 +233,7 @@ def _set_driver(dev: Device, drv: DeviceDriver | None) -> None:
     field of other devices without their lock (READ_ONCE in vfio_dev_viable)."""
     s = dev.kernel.sched
     if s is not None:
-        s.point("WRITE_ONCE", dev)
+        s.point("WRITE_ONCE", dev, None, "driver")
     dev.driver = drv
 
 

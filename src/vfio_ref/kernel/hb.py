@@ -30,10 +30,22 @@ VC = dict[int, int]
 
 @dataclass(frozen=True)
 class DataRace:
-    location: str
+    location: str  # Type.member
     first: str  # "write in f [T0]"
     second: str
     step: int | None
+    first_function: str = ""
+    second_function: str = ""
+    first_access: str = ""  # "read" / "write"
+    second_access: str = ""
+
+    @property
+    def pair(self) -> str:
+        """The two accesses, as "read in f vs write in g", in a fixed order (the same race
+        seen in either order is one race)."""
+        a = f"{self.first_access} in {self.first_function}"
+        b = f"{self.second_access} in {self.second_function}"
+        return " vs ".join(sorted((a, b)))
 
     def __str__(self) -> str:
         return f"data-race on {self.location}: {self.first} vs {self.second}"
@@ -128,11 +140,11 @@ class HappensBefore:
             a = self.locs[key] = _Access()
         tid = t.tid
         if a.w_tid >= 0 and a.w_tid != tid and a.w_clock > vc.get(a.w_tid, 0):
-            self._race(obj, field, f"write in {a.w_fn} [{a.w_name}]", t, write)
+            self._race(obj, field, "write", a.w_fn, a.w_name, t, write)
         if write:
             for rtid, (rclock, rfn, rname) in a.reads.items():
                 if rtid != tid and rclock > vc.get(rtid, 0):
-                    self._race(obj, field, f"read in {rfn} [{rname}]", t, write)
+                    self._race(obj, field, "read", rfn, rname, t, write)
             a.w_tid = tid
             a.w_clock = vc[tid]
             a.w_fn = model_site(3)[0]
@@ -141,14 +153,18 @@ class HappensBefore:
         else:
             a.reads[tid] = (vc[tid], model_site(3)[0], t.name)
 
-    def _race(self, obj: Any, field: str, first: str, t: Task, write: bool) -> None:
+    def _race(
+        self, obj: Any, field: str, first_access: str, first_fn: str, first_thread: str, t: Task, write: bool
+    ) -> None:
         fn = model_site(4)[0]
-        second = f"{'write' if write else 'read'} in {fn} [{t.name}]"
+        access = "write" if write else "read"
+        first = f"{first_access} in {first_fn} [{first_thread}]"
+        second = f"{access} in {fn} [{t.name}]"
         loc = f"{type(obj).__name__}.{field}"
-        key = (loc, first.split(" [")[0], second.split(" [")[0])
+        key = (loc, f"{first_access} in {first_fn}", f"{access} in {fn}")
         if key in self._seen:
             return
         self._seen.add(key)
-        race = DataRace(loc, first, second, self.kernel.step())
+        race = DataRace(loc, first, second, self.kernel.step(), first_fn, fn, first_access, access)
         self.races.append(race)
         self.kernel.printk(f"BUG: KCSAN: {race}")

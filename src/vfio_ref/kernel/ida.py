@@ -69,6 +69,7 @@ from typing import Any, Final
 from .bug import BUG_ON, WARN
 from .core import Kernel, caller_outside
 from .errno import ENOMEM, ENOSPC
+from .sched import note_created
 
 INT_MAX: Final = 0x7FFFFFFF
 U32_MASK: Final = 0xFFFFFFFF
@@ -251,6 +252,7 @@ class Ida:
         self.container: Any = None
         self._ids = IdBitmap()
         self._lock = threading.Lock()  # the xa_lock, taken only when several threads run
+        note_created(kernel.sched, self)
 
     def _ordered(self) -> None:
         """Under the explorer: the xa_lock orders this operation after the previous one."""

@@ -45,6 +45,7 @@ from .bug import WARN_ON_ONCE
 from .core import Kernel, caller_outside
 from .errno import EINVAL, ENOENT, ENOMEM, ENOSPC, ERR_PTR
 from .ida import INT_MAX, IdBitmap
+from .sched import note_created
 
 
 class Idr:
@@ -62,6 +63,7 @@ class Idr:
         self._ids = IdBitmap()
         self._ptrs: dict[int, Any] = {}
         self._lock = threading.Lock()  # model-internal, see the module docstring
+        note_created(kernel.sched, self)
 
     def _write(self, op: str) -> None:
         """Scheduling point before a writer; under the explorer, a tracked write of the IDR."""

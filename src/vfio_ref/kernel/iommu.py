@@ -149,7 +149,7 @@ def _devices_access(group: IommuGroup, op: str, write: bool) -> None:
     k = group.kernel
     s = k.sched
     if s is not None:
-        s.point(op, group)
+        s.point(op, group, None, "devices")
         hb = k.hb
         if hb is not None:
             hb.access(k.current(), group, "devices", write)
@@ -160,7 +160,7 @@ def _dev_group_access(dev: Device, op: str) -> None:
     field read without a lock by iommu_group_get while membership changes elsewhere."""
     s = dev.kernel.sched
     if s is not None:
-        s.point(op, dev)
+        s.point(op, dev, None, "iommu_group")
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from .core import Kernel
 from .refcount import Refcount
+from .sched import note_created
 
 
 class Kref:
@@ -24,6 +25,7 @@ class Kref:
     def __init__(self, kernel: Kernel) -> None:
         self.refcount = Refcount(kernel, 0)
         self.container: Any = None
+        note_created(kernel.sched, self)
 
     def kref_init(self) -> None:
         self.refcount.refcount_set(1)

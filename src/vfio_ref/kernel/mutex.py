@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .core import Deadlock, Kernel, Task, model_site
 from .lockdep import HeldLock
+from .sched import note_created
 
 if TYPE_CHECKING:
     pass
@@ -88,6 +89,7 @@ class Mutex:
         self.container: Any = None
         self._lock = threading.Lock() if kernel.sched is None else None
         self._ready = self._is_free
+        note_created(kernel.sched, self)
 
     def _is_free(self) -> bool:
         return self.owner is None
@@ -107,7 +109,9 @@ class Mutex:
         if self.owner is t:
             fn, site = model_site(2)
             raise Deadlock(
-                f"deadlock: {t.name} takes {self.lock_class}, which it already holds, in {fn} [{site}]"
+                f"deadlock: {t.name} takes {self.lock_class}, which it already holds, in {fn} [{site}]",
+                function=fn,
+                what=f"{self.OP_LOCK}({self.lock_class}) while holding it",
             )
         if s is not None:
             s.point(self.OP_LOCK, self, self._ready)

@@ -43,6 +43,7 @@ from .bug import WARN
 from .core import Kernel, ModelUsageError, caller_outside
 from .errno import ENOENT, ENOMEM
 from .rwsem import RWSemaphore
+from .sched import note_created
 
 NOTIFY_DONE: Final = 0x0000
 NOTIFY_OK: Final = 0x0001
@@ -101,6 +102,7 @@ class BlockingNotifierHead:
         self.rwsem.container = self
         self.head: NotifierBlock | None = None
         self.container: Any = None
+        note_created(kernel.sched, self)
 
     def blocks(self) -> list[NotifierBlock]:
         """Model helper: the chain in call order (no lock, no scheduling point)."""

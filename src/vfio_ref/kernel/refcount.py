@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .core import Kernel, model_site
+from .sched import note_created
 
 INT_MAX: Final = 0x7FFFFFFF
 INT_MIN: Final = -0x80000000
@@ -58,6 +59,7 @@ class Refcount:
         self.kernel = kernel
         self.refs = n
         self.container: Any = None
+        note_created(kernel.sched, self)
 
     # -- the WARN -------------------------------------------------------------------------
 

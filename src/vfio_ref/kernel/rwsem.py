@@ -16,6 +16,7 @@ from typing import Any
 
 from .core import Deadlock, Kernel, Task, model_site
 from .mutex import wait_free_running
+from .sched import note_created
 
 
 class RWSemaphore:
@@ -33,6 +34,7 @@ class RWSemaphore:
         self._cond = threading.Condition(threading.Lock()) if kernel.sched is None else None
         self._read_ready = self._can_read
         self._write_ready = self._can_write
+        note_created(kernel.sched, self)
 
     def _can_read(self) -> bool:
         return self.writer is None
@@ -47,7 +49,9 @@ class RWSemaphore:
     def _self_deadlock(self, t: Task, what: str) -> Deadlock:
         fn, site = model_site(3)
         return Deadlock(
-            f"deadlock: {t.name} calls {what}({self.lock_class}) in {fn} while holding it [{site}]"
+            f"deadlock: {t.name} calls {what}({self.lock_class}) in {fn} while holding it [{site}]",
+            function=fn,
+            what=f"{what}({self.lock_class}) while holding it",
         )
 
     def down_read(self) -> None:

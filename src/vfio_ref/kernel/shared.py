@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from .sched import note_created
+
 if TYPE_CHECKING:
     from .core import Kernel
     from .hb import HappensBefore
@@ -38,6 +40,7 @@ class ListHead:
         self.next: ListHead | None = self
         self.prev: ListHead | None = self
         self.head: ListHead | None = None  # model-only: the list this node is on
+        note_created(kernel.sched, self)
 
     def __repr__(self) -> str:
         return f"<list_head {self.name}>"
@@ -169,7 +172,7 @@ class SharedField(Generic[T]):
         k = obj.kernel  # type: ignore[attr-defined]
         s = k.sched
         if s is not None and not getattr(s, "evaluating", False):
-            s.point("READ_ONCE", obj)
+            s.point("READ_ONCE", obj, None, self.name)
             hb = k.hb
             if hb is not None:
                 hb.access(k.current(), obj, self.name, False)
@@ -179,7 +182,7 @@ class SharedField(Generic[T]):
         k = obj.kernel  # type: ignore[attr-defined]
         s = k.sched
         if s is not None:
-            s.point("WRITE_ONCE", obj)
+            s.point("WRITE_ONCE", obj, None, self.name)
             hb = k.hb
             if hb is not None:
                 hb.access(k.current(), obj, self.name, True)

@@ -10,6 +10,12 @@ Live objects keep their own class, so poisoning costs nothing on their field acc
 Structs embedded in a freed one (its ``_embedded`` fields: a struct device, a cdev, a mutex,
 a list node) are poisoned with it: they share the container's memory.
 
+Under a controlled scheduler that asks for them (the explorer's reductions), structs are
+*watched*: built as a twin class whose member reads and writes are reported to the scheduler
+(``access``), so that it knows every plain access a step makes, and ``kfree`` reports the
+whole object written (``freed``).  Members declared ``SharedField`` are reported by their own
+scheduling points instead.  Free-running kernels build the plain class.
+
 Complexity: kzalloc O(1), kfree O(embedded fields), leaks() O(live objects).
 """
 
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, model_site
 from .errno import IS_ERR
+from .sched import Scheduler, note_created
 
 if TYPE_CHECKING:
     pass
@@ -70,12 +77,81 @@ class KStruct:
 
     _embedded: ClassVar[tuple[str, ...]] = ()
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Every model struct is built with its kernel first: under a scheduler that watches
+        # plain accesses it is built as the watched twin, and the scheduler learns it exists.
+        s: Scheduler | None = getattr(args[0], "sched", None) if args else None
+        if s is not None and WATCH.sched is s:
+            cls = watched_class(cls)
+        obj = object.__new__(cls)
+        note_created(s, obj)
+        return obj
+
     def __init__(self, kernel: Kernel, *args: Any, **kwargs: Any) -> None:
         self.kernel = kernel
 
     def leak_detail(self) -> str:
         """What a leak report should say about this object (its refcounts, its name)."""
         return ""
+
+
+class _Watch:
+    """The scheduler that watched structs report to (None: nobody is watching)."""
+
+    __slots__ = ("sched",)
+
+    def __init__(self) -> None:
+        self.sched: Any = None
+
+
+# One explorer execution runs at a time in a process (its threads are greenlets of one OS
+# thread); it sets WATCH.sched while it runs and clears it after.
+WATCH = _Watch()
+
+# Members that are not the struct's state: the class machinery, and the poison marker.
+_NEVER_WATCHED = frozenset({"__class__", "__dict__", "_poison", "_embedded", "__slots__"})
+_watched: dict[type, type] = {}
+
+
+def watched_class(cls: type) -> type:
+    """The watched twin of ``cls``: same layout and name, member accesses reported."""
+    wc = _watched.get(cls)
+    if wc is not None:
+        return wc
+    from .shared import SharedField
+
+    skip = _NEVER_WATCHED | frozenset(
+        name for klass in cls.__mro__ for name, v in vars(klass).items() if isinstance(v, SharedField)
+    )
+    get = object.__getattribute__
+    put = object.__setattr__
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        s = WATCH.sched
+        if s is not None and name not in skip:
+            s.access(self, name, False)
+        return get(self, name)
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        s = WATCH.sched
+        if s is not None and name not in skip:
+            s.access(self, name, True)
+        put(self, name, value)
+
+    wc = type(
+        cls.__name__,
+        (cls,),
+        {
+            "__slots__": (),
+            "__getattribute__": __getattribute__,
+            "__setattr__": __setattr__,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        },
+    )
+    _watched[cls] = wc
+    _watched[wc] = wc
+    return wc
 
 
 _poisoned: dict[type, type] = {}
@@ -85,6 +161,9 @@ _ALLOWED_ON_FREED = frozenset({"__class__", "_poison", "__dict__", "_embedded", 
 def _freed_getattribute(self: Any, name: str) -> Any:
     if name in _ALLOWED_ON_FREED:
         return object.__getattribute__(self, name)
+    s = WATCH.sched
+    if s is not None:
+        s.access(self, name, False)  # the faulting access is part of the step that makes it
     raise _uaf(self, name, "read")
 
 
@@ -92,6 +171,9 @@ def _freed_setattr(self: Any, name: str, value: Any) -> None:
     if name == "_poison":
         object.__setattr__(self, name, value)
         return
+    s = WATCH.sched
+    if s is not None:
+        s.access(self, name, True)
     raise _uaf(self, name, "write")
 
 
@@ -118,12 +200,11 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
             f"Freed by task {info.thread} in {info.function}{_chain(info.backtrace)}"
             + (f" at step {info.step}" if info.step is not None else "")
         )
-    exc = UseAfterFree("\n".join(lines))
+    exc = UseAfterFree("\n".join(lines), function=fn, what=f"{access} of {tname}.{field}")
     exc.backtrace = backtrace(3)
     exc.freed = info  # type: ignore[attr-defined]
     exc.field = field  # type: ignore[attr-defined]
     exc.access = access  # type: ignore[attr-defined]
-    exc.function = fn  # type: ignore[attr-defined]
     return exc
 
 
@@ -161,6 +242,18 @@ def _poison_plan(cls: type) -> tuple[type, tuple[str, ...]]:
     _poisoned_set.add(pc)
     plan = _poison_plans[cls] = (pc, tuple(getattr(cls, "_embedded", ())))
     return plan
+
+
+def embedded_members(obj: Any) -> list[Any]:
+    """Everything embedded in ``obj``'s memory (its ``_embedded`` members, recursively)."""
+    out: list[Any] = []
+    getfield = object.__getattribute__
+    for name in getattr(type(obj), "_embedded", ()):
+        inner = getfield(obj, name)
+        if inner is not None and not isinstance(inner, (int, str, tuple)):
+            out.append(inner)
+            out.extend(embedded_members(inner))
+    return out
 
 
 def poison(obj: Any, info: FreeInfo | None) -> None:
@@ -244,9 +337,16 @@ def kfree(k: Kernel, obj: object) -> None:
         return
     if IS_ERR(obj):
         fn, site = model_site(2)
-        exc = KernelBug(f"BUG: KASAN: invalid-free in {fn}: kfree({obj!r}) [{site}]")
+        exc = KernelBug(
+            f"BUG: KASAN: invalid-free in {fn}: kfree({obj!r}) [{site}]", function=fn, what="invalid-free"
+        )
         exc.backtrace = backtrace(2)
         raise exc
+    s = k.sched
+    if s is not None and getattr(s, "recording", False):
+        # The free is part of the step that makes it, a second free included (the explorer
+        # must see two frees of one object as conflicting, whichever comes second).
+        s.freed(obj, embedded_members(obj))
     if type(obj) in _poisoned_set:
         info: FreeInfo | None = object.__getattribute__(obj, "_poison")
         fn, site = model_site(2)
@@ -254,7 +354,7 @@ def kfree(k: Kernel, obj: object) -> None:
         msg = f"BUG: KASAN: double-free in {fn}: {orig} [{site}]"
         if info is not None:
             msg += f"\nFreed by task {info.thread} in {info.function}{_chain(info.backtrace)}"
-        exc2 = DoubleFree(msg)
+        exc2 = DoubleFree(msg, function=fn, what=f"double-free of {orig}")
         exc2.backtrace = backtrace(2)
         raise exc2
     alloc = k.slab.untrack(obj)

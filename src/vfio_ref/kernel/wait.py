@@ -16,6 +16,7 @@ from typing import Any
 
 from .core import Kernel
 from .mutex import wait_free_running
+from .sched import note_created
 
 
 class WaitQueueHead:
@@ -26,6 +27,7 @@ class WaitQueueHead:
         self.lock_class = name
         self.container: Any = None
         self._cond = threading.Condition(threading.Lock()) if kernel.sched is None else None
+        note_created(kernel.sched, self)
 
     def holders(self) -> tuple[()]:
         return ()
@@ -85,6 +87,7 @@ class Completion:
         self.done = 0
         self.wait = WaitQueueHead(kernel, "completion")
         self.container: Any = None
+        note_created(kernel.sched, self)
 
     def _is_done(self) -> bool:
         return self.done > 0

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .core import Kernel, KernelFault
+from .sched import note_created
 from .wait import WaitQueueHead, wait_event, wake_up
 
 
@@ -42,6 +43,7 @@ class Workqueue:
         self.idle = WaitQueueHead(kernel, f"{name}.idle")
         self._mutex = threading.Lock()
         self.workers_started = 0
+        note_created(kernel.sched, self)
 
     def _idle(self) -> bool:
         # Read both fields under the queue's lock so a flush never sees a half-updated pair.
