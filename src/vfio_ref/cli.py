@@ -1,8 +1,11 @@
 """The ``vfio-ref`` command.
 
-    vfio-ref report [--json] [--scenario S]... [--level L]... [--review-fixes] [--ablation A]
-    vfio-ref explore SCENARIO --level L [--bound N | --random --seed S --runs N]
-                     [--replay SCHEDULE] [--review-fixes] [--ablation A] [--no-reduction]
+    vfio-ref report [--json [--findings]] [--scenario S]... [--level L]... [--review-fixes]
+                    [--ablation A] [--bound N|none|auto] [--max-schedules N] [--jobs N]
+                    [--check-reduction]
+    vfio-ref explore SCENARIO|FILE.py:FUNCTION --level L [--bound N|none | --random --seed S
+                     --runs N] [--replay SCHEDULE] [--max-schedules N] [--review-fixes]
+                     [--ablation A] [--no-reduction] [--check-reduction] [--json]
     vfio-ref show LEVEL FUNCTION [--review-fixes]      (or: vfio-ref show LEVEL --list)
     vfio-ref diff LEVEL_A LEVEL_B [--review-fixes]
     vfio-ref list {scenarios,levels,ablations}
@@ -19,12 +22,12 @@ import difflib
 import importlib
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
 from .explorer import ScheduleMismatch
+from .explorer.explore import DEFAULT_MAX_SCHEDULES
 from .kernel.core import ModelUsageError
 
 
@@ -34,103 +37,160 @@ def _levels() -> tuple[str, ...]:
     return LEVELS
 
 
-def _matrix(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
-    from .scenarios import SCENARIO_NAMES, run
-    from .vfio import check_level, get_ablation
+def _bound(text: str) -> int | str | None:
+    """--bound: a number of preemptions, "none" (no bound) or "auto"."""
+    t = text.strip().lower()
+    if t in ("none", "unbounded"):
+        return None
+    if t == "auto":
+        return "auto"
+    try:
+        n = int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a bound: give a number of preemptions (0 or more), 'none' or 'auto'"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a preemption bound is 0 or more (or 'none')")
+    return n
 
-    levels = list(args.level or _levels())
-    for lv in levels:
-        check_level(lv)
-    scenarios = list(args.scenario or SCENARIO_NAMES)
-    if args.ablation is not None:
-        a = get_ablation(args.ablation)
-        levels = [lv for lv in levels if lv in a.levels]
-        if not levels:
-            raise ModelUsageError(f"ablation {args.ablation!r} applies to none of the levels asked for")
-    out: dict[str, dict[str, Any]] = {}
-    for name in scenarios:
-        out[name] = {}
-        for lv in levels:
-            v = run(
-                name,
-                lv,
-                review_fixes=args.review_fixes,
-                ablation=args.ablation,
-                bound=args.bound,
-                traces=False,
-                progress=not args.json,
-            )
-            out[name][lv] = {"clean": v.clean, "kinds": v.kinds(), "schedules": sum(s.schedules for s in v.stats)}
-    return levels, scenarios, out
+
+def _count(text: str) -> int | None:
+    """--max-schedules: a positive number, or "none" (no cap)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of schedules (or 'none')") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the cap is 1 schedule or more (or 'none')")
+    return n
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: --jobs is 1 or more")
+    return n
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    levels, scenarios, m = _matrix(args)
-    wall = time.perf_counter() - t0
+    from .report import build_report, default_jobs
+
+    progress = sys.stderr.isatty() and not args.json
+
+    def tick(cell: Any) -> None:
+        if progress:
+            sys.stderr.write(f"\r{cell.scenario}@{cell.level}: {cell.text():<30}")
+            sys.stderr.flush()
+
+    try:
+        rep = build_report(
+            args.scenario,
+            args.level,
+            review_fixes=args.review_fixes,
+            ablation=args.ablation,
+            bound=args.bound,
+            max_schedules=args.max_schedules,
+            jobs=args.jobs if args.jobs is not None else default_jobs(),
+            check_reduction=args.check_reduction,
+            findings=args.findings,
+            on_cell=tick,
+        )
+    except KeyboardInterrupt:
+        if progress:
+            sys.stderr.write("\n")
+        print("vfio-ref: interrupted: the report was not finished", file=sys.stderr)
+        return 130
+    if progress:
+        sys.stderr.write("\r" + " " * 79 + "\r")
     if args.json:
-        doc = {
-            "levels": levels,
-            "scenarios": {
-                name: {lv: {"clean": c["clean"], "kinds": c["kinds"]} for lv, c in row.items()}
-                for name, row in m.items()
-            },
-        }
-        print(json.dumps(doc, indent=2))
-        return 0
-    opts = []
-    if args.review_fixes:
-        opts.append("review fixes applied to p3/p4")
-    if args.ablation:
-        opts.append(f"ablation {args.ablation}")
-    title = "vfio_ref scenario report" + (f" ({'; '.join(opts)})" if opts else "")
-    print(title)
-    print(f"every interleaving up to {args.bound} preemptions; cells: clean, or what the checkers found")
-    print()
-    width = max(len(lv) for lv in levels)
-    cells = {
-        name: {lv: ("clean" if c["clean"] else ",".join(c["kinds"])) for lv, c in row.items()}
-        for name, row in m.items()
-    }
-    colw = {lv: max(width, *(len(cells[n][lv]) for n in scenarios)) for lv in levels}
-    namew = max(len(n) for n in scenarios)
-    print(f"{'scenario':<{namew}}  " + "  ".join(f"{lv:<{colw[lv]}}" for lv in levels))
-    print(f"{'-' * namew}  " + "  ".join("-" * colw[lv] for lv in levels))
-    for n in scenarios:
-        print(f"{n:<{namew}}  " + "  ".join(f"{cells[n][lv]:<{colw[lv]}}" for lv in levels))
-    total = sum(c["schedules"] for row in m.values() for c in row.values())
-    if not args.review_fixes and {"p3", "p4"} & set(levels):
-        print()
-        print("p3 and p4 run as posted: vfio_create_group frees the group it returns (found in review);")
-        print("--review-fixes applies the fix agreed in the thread.")
-    print()
-    print(f"{total} schedules explored in {wall:.1f}s.  Details: vfio-ref explore SCENARIO --level LEVEL")
-    return 0
+        print(json.dumps(rep.to_json(findings=args.findings), indent=2))
+    else:
+        print(rep.render())
+        if args.check_reduction:
+            for c in rep.cells.values():
+                if c.verdict is not None and c.verdict.check is not None and not c.verdict.check.agree:
+                    print(f"{c.scenario} at {c.level}: {c.verdict.check.render()}")
+    return 1 if rep.errors else 0
+
+
+def _scenario_arg(text: str) -> Any:
+    """A catalogue name, or FILE.py:FUNCTION (a scenario function written as docs/EXPLORER.md shows)."""
+    if ":" not in text or not text.split(":", 1)[0].endswith(".py"):
+        return text
+    path, fn_name = text.rsplit(":", 1)
+    import importlib.util
+    import os
+
+    if not os.path.isfile(path):
+        raise ModelUsageError(f"scenario file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"vfio_ref_user_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ModelUsageError(f"cannot load {path!r} as a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        raise ModelUsageError(f"loading {path!r} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(mod, fn_name, None)
+    if fn is None or not callable(fn):
+        names = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))
+        raise ModelUsageError(f"{path!r} has no function {fn_name!r} (it defines: {', '.join(names) or 'none'})")
+    return fn
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
+    from .report import finding_json
     from .scenarios import run
 
+    scenario = _scenario_arg(args.scenario)
     v = run(
-        args.scenario,
+        scenario,
         args.level,
         review_fixes=args.review_fixes,
         ablation=args.ablation,
         bound=args.bound,
-        mode="random" if args.random else "dfs",
+        random=args.random,
         seed=args.seed,
         runs=args.runs,
         replay=args.replay,
         traces=True,
         full_trace=args.full_trace,
         reduction=not args.no_reduction,
-        progress=True,
+        progress=not args.json,
+        max_schedules=args.max_schedules,
+        check_reduction=args.check_reduction,
     )
-    print(v.render(traces=not args.no_trace))
-    if not v.findings and not args.no_trace:
-        print()
-        print("trace of the default schedule:")
-        print(v.trace)
+    interrupted = any(s.interrupted for s in v.stats)
+    if args.json:
+        doc = {
+            "scenario": v.scenario,
+            "level": v.level,
+            "space": v.space,
+            "complete": v.complete,
+            "clean": v.clean,
+            "kinds": v.kinds(),
+            "schedules": sum(s.schedules for s in v.stats),
+            "returns": v.returns,
+            "findings": [finding_json(f) for f in v.findings],
+        }
+        if v.check is not None:
+            doc["reduction_check"] = {"agree": v.check.agree, "plain_complete": v.check.plain.complete}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(v.render(traces=not args.no_trace))
+        if not v.findings and not args.no_trace:
+            print()
+            print("trace of the default schedule:")
+            print(v.trace)
+    if interrupted:
+        print("vfio-ref: interrupted: the search above is incomplete", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -219,27 +279,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="the scenario x level matrix")
     r.add_argument("--json", action="store_true", help="print the matrix as JSON")
+    r.add_argument("--findings", action="store_true", help="with --json: every finding of every cell")
     r.add_argument("--scenario", action="append", help="only this scenario (repeatable)")
     r.add_argument("--level", action="append", help="only this level (repeatable)")
     r.add_argument("--review-fixes", action="store_true", help="apply the fix agreed in review to p3/p4")
     r.add_argument("--ablation", help="remove one design decision (see `vfio-ref list ablations`)")
-    r.add_argument("--bound", type=int, default=2, help="preemption bound (default 2)")
+    r.add_argument(
+        "--bound",
+        type=_bound,
+        default="auto",
+        help="preemption bound: N, 'none' (every interleaving), or 'auto' (default: unbounded where it "
+        "finishes within its budget, else 2)",
+    )
+    r.add_argument(
+        "--max-schedules", type=_count, default=DEFAULT_MAX_SCHEDULES,
+        help=f"stop each search after this many schedules (default {DEFAULT_MAX_SCHEDULES}; 'none': no cap)",
+    )
+    r.add_argument("--jobs", type=_jobs, default=None, help="worker processes (default: every core)")
+    r.add_argument(
+        "--check-reduction", action="store_true", help="also run the plain search of each cell and compare"
+    )
     r.set_defaults(fn=cmd_report)
 
     e = sub.add_parser("explore", help="explore one scenario at one level and print each finding's trace")
-    e.add_argument("scenario")
+    e.add_argument("scenario", help="a scenario name, or FILE.py:FUNCTION for your own")
     e.add_argument("--level", required=True)
-    e.add_argument("--bound", type=int, default=2)
-    e.add_argument("--random", action="store_true", help="PCT random scheduling instead of bounded search")
+    e.add_argument("--bound", type=_bound, default=2, help="preemption bound: N (default 2) or 'none'")
+    e.add_argument(
+        "--max-schedules", type=_count, default=DEFAULT_MAX_SCHEDULES,
+        help=f"stop after this many schedules (default {DEFAULT_MAX_SCHEDULES}; 'none': no cap)",
+    )
+    e.add_argument("--random", action="store_true", help="PCT random scheduling instead of a systematic search")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--runs", type=int, default=200)
     e.add_argument("--replay", help="run exactly this schedule (as printed with a finding)")
     e.add_argument("--review-fixes", action="store_true")
     e.add_argument("--ablation")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-trace", action="store_true", help="omit the swimlane traces")
     e.add_argument("--full-trace", action="store_true", help="show the platform's setup in the traces too")
     e.add_argument(
         "--no-reduction", action="store_true", help="plain depth-first search, without sleep sets and DPOR"
+    )
+    e.add_argument(
+        "--check-reduction", action="store_true", help="also run the plain search and compare the outcomes"
     )
     e.set_defaults(fn=cmd_explore)
 
@@ -275,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelUsageError, ScheduleMismatch, ValueError) as e:
         print(f"vfio-ref: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vfio-ref: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         return 0
 

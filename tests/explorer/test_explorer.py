@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from vfio_ref.explorer import ScheduleMismatch, explore, parse_schedule, render_swimlanes, replay_findings
-from vfio_ref.explorer.strategies import format_schedule
+from vfio_ref.explorer.strategy import format_schedule
 
 from .toys import (
     ab_ba,
@@ -25,7 +25,7 @@ from .toys import (
 def test_the_default_schedule_of_a_racy_counter_is_fine_but_one_preemption_loses_an_update() -> None:
     assert explore(lost_update, judge_lost_update, bound=0).clean
     ex = explore(lost_update, judge_lost_update, bound=1)
-    assert [f.key for f in ex.findings] == ["lost-update"]
+    assert [f.key for f in ex.findings] == ["bug:lost-update"]
     f = ex.findings[0]
     assert f.preemptions == 1
     assert len(parse_schedule(f.schedule)) == 1  # shrunk to one deviation
@@ -37,8 +37,9 @@ def test_a_finding_replays_exactly_from_its_schedule_string() -> None:
     sched = ex.findings[0].schedule
     for _ in range(20):
         res = replay_findings(lost_update, judge_lost_update, sched)
-        assert [r.key for r in res.findings] == ["lost-update"]
-    assert explore(lost_update, judge_lost_update, replay="-").clean
+        assert [r.key for r in res.findings] == ["bug:lost-update"]
+    one = explore(lost_update, judge_lost_update, replay="-")
+    assert not one.findings and not one.clean  # one schedule is not a searched space
 
 
 def test_an_ab_ba_order_is_a_lockdep_report_in_every_schedule_and_a_deadlock_in_some() -> None:
@@ -62,16 +63,23 @@ def test_the_bounded_space_of_two_threads_of_twenty_locked_steps_has_762_schedul
 
 
 def test_sleep_sets_do_not_rerun_interleavings_of_independent_steps() -> None:
+    """Two threads of five steps on their own mutexes.  Pinned counts: with no bound every
+    schedule is equivalent, so DPOR runs one; under bound 2 the restricted sleep sets run 18
+    of the plain search's 42 (only the running thread's step may sleep)."""
     plain = explore(independent_steps(5), nothing, bound=2, reduction=False)
     reduced = explore(independent_steps(5), nothing, bound=2, reduction=True)
-    assert reduced.stats.distinct < plain.stats.distinct / 5
+    assert (plain.stats.schedules, reduced.stats.schedules) == (42, 18)
     assert plain.stats.exhausted and reduced.stats.exhausted
+    unbounded = explore(independent_steps(5), nothing, bound=None, reduction=True)
+    assert unbounded.stats.schedules == 1 and unbounded.stats.exhausted
+    assert explore(independent_steps(5), nothing, bound=None, reduction=False).stats.schedules == 252
 
 
 @pytest.mark.parametrize(("program", "judge"), [(lost_update, judge_lost_update), (ab_ba, judge_all)])
 def test_reduction_finds_what_plain_search_finds_on_toys(program: Any, judge: Any) -> None:
-    keys = {f.key for f in explore(program, judge, bound=2, reduction=False, traces=False).findings}
-    assert keys == {f.key for f in explore(program, judge, bound=2, reduction=True, traces=False).findings}
+    for bound in (2, None):
+        keys = {f.key for f in explore(program, judge, bound=bound, reduction=False, traces=False).findings}
+        assert keys == {f.key for f in explore(program, judge, bound=bound, reduction=True, traces=False).findings}
 
 
 def test_reduction_reverses_two_acquires_of_one_lock_not_a_release_and_an_acquire() -> None:
@@ -84,9 +92,11 @@ def test_reduction_reverses_two_acquires_of_one_lock_not_a_release_and_an_acquir
             seen.add(ctx.data["seen"])
             return []
 
-        ex = explore(lock_handoff, judge, bound=2, reduction=reduction, traces=False)
-        assert ex.stats.exhausted
-        assert seen == {0, 1}, f"reduction={reduction}"
+        for bound in (2, None):
+            seen.clear()
+            ex = explore(lock_handoff, judge, bound=bound, reduction=reduction, traces=False)
+            assert ex.stats.exhausted
+            assert seen == {0, 1}, f"reduction={reduction} bound={bound}"
 
 
 def test_a_thread_waiting_on_a_mutex_in_freed_memory_meets_the_use_after_free_itself() -> None:
@@ -94,16 +104,20 @@ def test_a_thread_waiting_on_a_mutex_in_freed_memory_meets_the_use_after_free_it
     that must not crash the scheduler, and the use after free is reported for the waiter."""
     ex = explore(wait_on_freed_mutex, judge_all, bound=2)
     assert [f.kind for f in ex.findings] == ["use-after-free"]
+    assert [f.kind for f in explore(wait_on_freed_mutex, judge_all, bound=None).findings] == ["use-after-free"]
     detail = ex.findings[0].detail
     assert detail.startswith("BUG: KASAN: use-after-free in mutex_lock: write of Box.owner")
     assert "Freed by task T1 in freer" in detail and detail.endswith("[T2]")
 
 
 def test_random_mode_is_reproducible_from_its_seed() -> None:
-    a = explore(lost_update, judge_lost_update, mode="random", seed=7, runs=40, traces=False)
-    b = explore(lost_update, judge_lost_update, mode="random", seed=7, runs=40, traces=False)
+    a = explore(lost_update, judge_lost_update, random=True, seed=7, runs=40, traces=False)
+    b = explore(lost_update, judge_lost_update, random=True, seed=7, runs=40, traces=False)
     assert [(f.key, f.schedule) for f in a.findings] == [(f.key, f.schedule) for f in b.findings]
     assert a.findings and a.stats.schedules == 40
+    # A sample is never a complete search, and says so.
+    assert not a.stats.complete and a.stats.sampled
+    assert "sampled" in a.stats.verdict_line() and "exhausted" not in a.stats.verdict_line()
 
 
 @pytest.mark.parametrize(
@@ -135,7 +149,7 @@ def test_schedules_round_trip_through_their_text() -> None:
 def test_a_trace_reads_as_swimlanes_with_each_context_switch_marked() -> None:
     ex = explore(lost_update, judge_lost_update, bound=1)
     f = ex.findings[0]
-    text = render_swimlanes(f.trace, f.threads, last=str(f))
+    text = render_swimlanes(f.events, f.threads, last=str(f))
     header = text.splitlines()[0]
     assert "main" in header and "T1" in header and "T2" in header
     assert "preempted; switch to" in text
@@ -146,5 +160,43 @@ def test_a_trace_reads_as_swimlanes_with_each_context_switch_marked() -> None:
 def test_statistics_are_reported_as_coyote_prints_them() -> None:
     ex = explore(locked_steps(3), nothing, bound=1)
     text = ex.stats.render()
-    assert "Explored" in text and "schedules" in text and "Bounded space exhausted" in text
+    assert "Explored" in text and "schedules" in text
+    assert text.splitlines()[0] == (
+        "... Searched every schedule with at most 1 preemptions; depth-first with sleep sets restricted "
+        f"for the bound: exhausted ({ex.stats.schedules} schedules)."
+    )
     assert ex.stats.points_min <= ex.stats.points_avg <= ex.stats.points_max
+
+
+def test_a_capped_search_is_not_complete_and_says_where_it_stopped() -> None:
+    ex = explore(locked_steps(5), nothing, bound=2, reduction=False, max_schedules=10)
+    assert ex.stats.schedules == 10 and ex.stats.capped
+    assert not ex.stats.complete and not ex.clean  # no findings, but the space was not exhausted
+    assert "NOT exhausted: stopped at the cap of 10 schedules" in ex.stats.verdict_line()
+    with pytest.raises(ValueError, match="max_schedules must be 1 or more"):
+        explore(locked_steps(1), nothing, max_schedules=0)
+
+
+def test_no_bound_means_every_schedule() -> None:
+    """2 x 5 dependent steps: C(10, 5) = 252 interleavings, all of them distinct."""
+    plain = explore(locked_steps(5), nothing, bound=None, reduction=False)
+    reduced = explore(locked_steps(5), nothing, bound=None, reduction=True)
+    assert plain.stats.schedules == 252 and plain.stats.complete
+    assert reduced.stats.schedules == 252 and reduced.stats.complete  # all dependent: no reduction
+    assert "no preemption bound" in reduced.stats.verdict_line()
+    assert "source-DPOR" in reduced.stats.space
+
+
+def test_a_negative_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="preemption bound must be 0 or more"):
+        explore(lost_update, judge_lost_update, bound=-1)
+
+
+def test_every_outcome_is_kept_with_its_return_codes() -> None:
+    def program(ctx: Any) -> None:
+        lost_update(ctx)
+        ctx.data["observations"] = {"v": [ctx.data["v"]]}
+
+    ex = explore(program, judge_lost_update, bound=None)
+    assert sorted(r["v"] for r in ex.returns()) == [[1], [2]]
+    assert sum(i.count for i in ex.outcomes.values()) == ex.stats.distinct

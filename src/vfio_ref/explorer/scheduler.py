@@ -1,13 +1,20 @@
 """The controlled scheduler: model threads as greenlets, one running at a time.
 
-Every scheduling point of the substrate (``k.sched.point(op, obj, ready)``) comes here.  The
-running thread records its pending operation; the scheduler computes which threads are
-enabled (not finished, and their pending operation ready: a free mutex, a true wait
-condition...) and asks its *strategy* which one runs next.  Continuing the running thread
-costs no switch at all; running another is one greenlet switch.  A point where only one
-thread is enabled, or before a release operation (unlock, up_read, wake_up), is not a
+Every scheduling point of the substrate (``k.sched.point(op, obj, ready, field)``) comes
+here.  The running thread records its pending operation; the scheduler computes which
+threads are enabled (not finished, and their pending operation ready: a free mutex, a true
+wait condition...) and asks its *strategy* which one runs next.  Continuing the running
+thread costs no switch at all; running another is one greenlet switch.  A point where only
+one thread is enabled, or before a release operation (unlock, up_read, wake_up), is not a
 choice; every other point is a *choice point*, numbered from 0, and a schedule is the list of
 choices made at them.
+
+When the strategy asks for them (``strategy.records``), the scheduler also cuts the
+execution into *steps* (:class:`~.records.Event`): everything a thread does from one of its
+points to the next, with every access it made (the operation, plain member accesses of
+watched structs, kfree, releases, thread start/end/join), and hands each finished step to
+the strategy.  A blocked thread's wait condition is evaluated with its reads recorded, so a
+step that makes it true is known to depend on the wait.
 
 All threads blocked while some have not finished is a deadlock: the scheduler records every
 blocked thread with what it waits for, who holds it, and where it is.
@@ -22,12 +29,34 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from greenlet import GreenletExit, greenlet
 
+from ..kernel import slab
 from ..kernel.core import ALL_CAPS, Kernel, KernelFault, Task, backtrace
-from ..kernel.sched import READ_OPS, RELEASE_OPS
+from ..kernel.sched import ACQUIRE_OPS, COUNTER_OPS, READ_OPS, RELEASE_OPS
+
+if TYPE_CHECKING:
+    from .strategy import Strategy
+
+from .records import (
+    ACQ,
+    CTR,
+    FREE,
+    OP,
+    PLAIN,
+    REL,
+    SYNC,
+    TRY,
+    Access,
+    Choice,
+    ChoicePoint,
+    Event,
+    Loc,
+    Name,
+    thread_loc,
+)
 
 
 class StepLimitExceeded(Exception):
@@ -115,17 +144,22 @@ class SimThread:
 
     __slots__ = (
         "body",
+        "created",
         "daemon",
         "done",
         "entered",
         "fault",
+        "field",
         "fn",
         "glet",
         "index",
+        "joins",
         "name",
         "obj",
         "op",
+        "pred",
         "ready",
+        "seq",
         "started",
         "task",
     )
@@ -141,10 +175,15 @@ class SimThread:
         self.fault: KernelFault | None = None
         self.op = "start"
         self.obj: Any = None
+        self.field = ""
         self.ready: Callable[[], bool] | None = None
         self.glet: Any = None
         self.body: Callable[[], None] | None = None  # what the greenlet runs when first entered
         self.entered = False
+        self.seq = 0  # steps taken
+        self.created = 0  # objects built (they are named (index, created))
+        self.pred: list[Access] = []  # what its wait condition read when last evaluated
+        self.joins: tuple[int, ...] = ()  # the threads a pending join waits for
 
     def enabled(self) -> bool:
         if self.done:
@@ -169,6 +208,8 @@ class TraceEvent:
 class DeadlockInfo:
     threads: list[str] = field(default_factory=list)
     cycle: list[str] = field(default_factory=list)  # T1, T2, T1: each waits for a lock the next holds
+    waits: list[str] = field(default_factory=list)  # what each blocked thread waits in, e.g. mutex_lock(A)
+    dead_holders: list[str] = field(default_factory=list)  # holders that died of a fault
 
     def __str__(self) -> str:
         lines = ["deadlock: all threads blocked:", *(f"  {t}" for t in self.threads)]
@@ -196,12 +237,7 @@ def _find_cycle(waits: dict[str, list[str]]) -> list[str]:
     return []
 
 
-Choice = tuple[list["SimThread"], "SimThread", bool, "SimThread"]
-FORCED: Choice = ([], None, True, None)  # type: ignore[assignment]
-
-
-class Strategy(Protocol):
-    def choose(self, sched: ControlledScheduler, enabled: list[SimThread], cur: SimThread) -> SimThread: ...
+FORCED: Choice = Choice((), -1, True, -1)  # a choice point the running thread kept without asking
 
 
 def describe(op: str, obj: Any) -> str:
@@ -243,9 +279,7 @@ class ControlledScheduler:
         self.live: list[SimThread] = []
         self.current: SimThread | None = None
         self.step_no = 0
-        # One tuple per choice point: (enabled threads, running thread, whether it could go
-        # on, chosen thread).
-        # FORCED marks a choice point the running thread kept without asking the strategy.
+        # One record per numbered choice point, in order (FORCED: kept without asking).
         self.choices: list[Choice] = []
         self.trace: list[TraceEvent] = []
         self.deadlock: DeadlockInfo | None = None
@@ -253,20 +287,208 @@ class ControlledScheduler:
         self._main: Any = None
         self._pending_switch = ""
         self.preemptions = 0
-        # Called with ((op, object number, is_write), thread) each time a thread performs an
-        # operation.
-        self.on_exec: Callable[[tuple[str, int, bool], int], None] | None = None
         self._slow = trace
         # True while the scheduler evaluates wait conditions: reads they make are not
-        # operations of any thread (no scheduling point, no race check).
+        # operations of any thread (no scheduling point, no race check); with ``pred`` set
+        # they are collected there.
         self.evaluating = False
+        self.pred: list[Access] | None = None
         # Set by a strategy when every further choice is "the running thread goes on if it
         # can" (a search that has spent its preemption budget and has nothing asleep).
         self.forced = False
-        self._oids: dict[int, int] = {}
+        # Steps and their accesses, when the strategy records them.  A strategy that replays
+        # a prefix it has already seen starts recording where the prefix ends
+        # (start_recording); steps are numbered from the start either way.
+        self.recording = strategy.records
+        # Structs are built watched (their member accesses reported) whenever the strategy
+        # may record, from the start: an object built while a replayed prefix is not
+        # recorded is touched later, when it is.
+        self.watching = strategy.watches
+        self.events: list[Event] = []  # the recorded steps
+        self.n_events = 0
+        self.cur_ev: Event | None = None
+        self.last_choice = -1  # the numbered choice point that started the next step, or -1
+        self.disabled: list[SimThread] = []  # live threads that could not run at the last decision
+        self._names: dict[int, Any] = {}
         self._keep: list[object] = []
+        self._created_early = 0
+        self.lazy_names = 0
         self._priming: SimThread | None = None
         self._prime_return: Any = None
+
+    # -- naming objects ------------------------------------------------------------------
+
+    def created(self, obj: object) -> None:
+        """``obj`` was built by the running thread: name it (thread, n-th object it built).
+        Names are only needed by a strategy that records steps."""
+        if not self.watching:
+            return
+        cur = self.current
+        if cur is None:
+            name: Name = (-1, self._created_early)
+            self._created_early += 1
+        else:
+            name = (cur.index, cur.created)
+            cur.created += 1
+        self._names[id(obj)] = name
+        self._keep.append(obj)  # so its id cannot be reused by another object
+
+    def name(self, obj: object) -> Name:
+        n = self._names.get(id(obj))
+        if n is None:
+            # Never announced (a model object built without the substrate's hooks): named on
+            # first touch, which is not stable across executions.  Counted and reported.
+            n = self._names[id(obj)] = (-2, self.lazy_names)
+            self.lazy_names += 1
+            self._keep.append(obj)
+        return n
+
+    def oid(self, obj: object) -> Name:
+        return self.name(obj)
+
+    # -- what steps touch ----------------------------------------------------------------
+
+    def access(self, obj: object, member: str, write: bool) -> None:
+        """A plain access of a watched struct's member by the running thread."""
+        if self.evaluating:
+            pred = self.pred
+            if pred is not None and not write:
+                pred.append(((self.name(obj), member), False, PLAIN))
+            return
+        ev = self.cur_ev
+        if ev is not None:
+            n = self._names.get(id(obj))
+            ev.accesses.append(((n if n is not None else self.name(obj), member), write, PLAIN))
+
+    def freed(self, obj: object, members: list[object]) -> None:
+        """kfree of ``obj``: the running step writes all of it and of what is embedded in it."""
+        ev = self.cur_ev
+        if ev is not None and self.recording:
+            top = self.name(obj)
+            ev.accesses.append(((top, "*"), True, FREE))
+            names = self._names
+            for i, o in enumerate(members):
+                n: Any = names.get(id(o))
+                if n is None:
+                    # A member that never announced itself (a struct with no kernel of its own,
+                    # say a notifier_block): named after its place in the freed object.
+                    n = names[id(o)] = ("in", top, i)
+                    self._keep.append(o)
+                ev.accesses.append(((n, "*"), True, FREE))
+
+    def blocked_locs(self) -> set[Loc]:
+        """What the threads that could not run at the last decision wait on: the location of
+        their pending operation (a lock, a wait queue, the ends of the threads a join waits
+        for) and what their wait condition read.  A step that changes one of these can make
+        such a thread runnable."""
+        out: set[Loc] = set()
+        for t in self.disabled:
+            if t.op == "join":
+                for j in t.joins:
+                    out.add(thread_loc(j, "exit"))
+            elif t.obj is not None:
+                out.add((self.name(t.obj), t.field))
+            for a in t.pred:
+                out.add(a[0])
+        return out
+
+    def _begin_event(self, th: SimThread) -> None:
+        """``th`` performs its pending operation now: a new step starts."""
+        if not self.recording:
+            th.seq += 1
+            self.n_events += 1
+            return
+        ev = self._make_event(th)
+        self.events.append(ev)
+        self.cur_ev = ev
+        th.seq += 1
+        self.n_events += 1
+
+    def _make_event(self, th: SimThread) -> Event:
+        """The step ``th`` would take now, with the accesses known at its start."""
+        op = th.op
+        acc: list[Access] = []
+        if th.seq == 0 and th.index != 0:
+            acc.append((thread_loc(th.index, "spawn"), False, SYNC))
+        if op == "join":
+            for t in th.joins:
+                acc.append((thread_loc(t, "exit"), False, SYNC))
+        elif th.obj is not None:
+            ctr = COUNTER_OPS.get(op)
+            if ctr is not None:
+                obj = th.obj
+                value = _counter_value(obj)
+                if value is not None:
+                    acc.append(((self.name(obj), th.field), True, CTR))
+                    ev = Event(self.n_events, th.index, th.seq + 1, acc, self.last_choice)
+                    ev.counter = (ctr[0], ctr[1], value)
+                    if th.pred:
+                        acc.extend(th.pred)
+                        th.pred = []
+                    return ev
+            kind = ACQ if op in ACQUIRE_OPS else TRY if op == "mutex_trylock" else OP
+            acc.append(((self.name(th.obj), th.field), op not in READ_OPS, kind))
+        if th.pred:
+            acc.extend(th.pred)
+            th.pred = []
+        return Event(self.n_events, th.index, th.seq + 1, acc, self.last_choice)
+
+    def start_recording(self) -> None:
+        """From the next step on, record every step (a strategy calls this where the prefix
+        it replays ends).  The wait conditions of the threads are read again, recorded."""
+        if self.recording:
+            return
+        self.recording = True
+        self.evaluating = True
+        disabled = []
+        for t in self.live:
+            if not self._evaluate(t):
+                disabled.append(t)
+        self.evaluating = False
+        self.disabled = disabled
+
+    def stop_recording(self) -> None:
+        self.recording = False
+        self.cur_ev = None
+
+    def _end_event(self) -> None:
+        ev = self.cur_ev
+        if ev is not None:
+            self.cur_ev = None
+            self.strategy.executed(self, ev)
+
+    def _check(self, ready: Callable[[], bool] | None) -> bool:
+        """Whether a pending operation can go ahead, read as the scheduler (a wait condition's
+        reads are not operations of the thread that waits)."""
+        if ready is None:
+            return True
+        self.evaluating = True
+        try:
+            return _ready(ready)
+        finally:
+            self.evaluating = False
+
+    def _evaluate(self, t: SimThread) -> bool:
+        """Whether ``t``'s pending operation can go ahead; with recording on, what its wait
+        condition read is kept on the thread."""
+        r = t.ready
+        if r is None:
+            return True
+        if not self.recording:
+            try:
+                return r()
+            except KernelFault:
+                return True
+        pred: list[Access] = []
+        self.pred = pred
+        try:
+            ok = r()
+        except KernelFault:  # see _ready
+            ok = True
+        finally:
+            self.pred = None
+        t.pred = pred
+        return ok
 
     # -- threads ----------------------------------------------------------------------------
 
@@ -288,19 +510,18 @@ class ControlledScheduler:
         if k.hb is not None and parent is not None:
             k.hb.fork(parent.task, task)
         if parent is not None:
-            sp = getattr(self.strategy, "spawned", None)
-            if sp is not None:
-                sp(parent.index, th.index)
+            ev = self.cur_ev
+            if ev is not None:
+                ev.accesses.append((thread_loc(th.index, "spawn"), True, SYNC))
             self._prime(th, parent)
         return th
 
     def _prime(self, th: SimThread, parent: SimThread) -> None:
         """Run a new thread up to its first scheduling point, inside the spawner's step.
 
-        What a thread does before its first operation is its own business (no shared state
-        is touched without a scheduling point), so running it now changes nothing visible,
-        and the scheduler then knows the thread's real first operation instead of an
-        opaque "start" that would conflict with everything.
+        What the thread does before its first operation becomes part of the spawner's step
+        (its accesses are recorded there), and the scheduler then knows the thread's real
+        first operation instead of an opaque "start" that would conflict with everything.
         """
         k = self.kernel
         assert k is not None
@@ -340,6 +561,11 @@ class ControlledScheduler:
                 if th in self.live:
                     self.live.remove(th)
                 self._pending_switch = "exit"
+                if self.recording and self.current is th:
+                    ev = self.cur_ev
+                    if ev is not None:
+                        ev.accesses.append((thread_loc(th.index, "exit"), True, SYNC))
+                    self._end_event()
 
         return body
 
@@ -352,21 +578,22 @@ class ControlledScheduler:
                     return False
             return True
 
+        cur = self.current
+        if cur is not None:
+            cur.joins = tuple(t.index for t in threads)
         self.point("join", None, all_done)
         k = self.kernel
-        cur = self.current
-        jn = getattr(self.strategy, "joined", None)
-        if jn is not None and cur is not None:
-            for t in threads:
-                jn(cur.index, t.index)
         if k is not None and k.hb is not None and cur is not None:
             for t in threads:
                 k.hb.join(cur.task, t.task)
 
     # -- the scheduling point -----------------------------------------------------------------
 
-    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None) -> None:
+    def point(self, op: str, obj: object, ready: Callable[[], bool] | None = None, field: str = "") -> None:
         if self.evaluating:
+            pred = self.pred
+            if pred is not None and obj is not None:
+                pred.append(((self.name(obj), field), False, OP))
             return
         cur = self.current
         assert cur is not None
@@ -374,9 +601,11 @@ class ControlledScheduler:
             # A new thread reached its first operation: note it and hand back to the spawner.
             cur.op = op
             cur.obj = obj
+            cur.field = field
             cur.ready = ready
             self._prime_return.switch()
             # Chosen by the scheduler later: perform the operation.
+            self._begin_event(cur)
             if self._slow:
                 self._proceed(cur, op, obj)
             return
@@ -386,14 +615,21 @@ class ControlledScheduler:
             self.step_limit_hit = True
             raise StepLimitExceeded(f"more than {self.max_steps} scheduling points in one execution")
         if op in RELEASE_OPS:
+            if self.recording:
+                ev = self.cur_ev
+                if ev is not None:
+                    ev.accesses.append(((self.name(obj), field), op not in READ_OPS, REL))
             if self._slow:
                 self._proceed(cur, op, obj)
             return
+        if self.recording:
+            self._end_event()
         cur.op = op
         cur.obj = obj
+        cur.field = field
         cur.ready = ready
         live = self.live
-        if self.forced and _ready(ready):
+        if self.forced and self._check(ready):
             # The search has spent its preemptions and the running thread can go on, so it
             # does, without asking the strategy.  The point still counts as a choice point
             # when another thread could run, so choice numbers match a replay's.
@@ -403,11 +639,14 @@ class ControlledScheduler:
                     self.choices.append(FORCED)
                     break
             self.evaluating = False
+            self._begin_event(cur)
             if self._slow:
                 self._proceed(cur, op, obj)
             return
-        if len(live) == 1:
-            if ready is None or ready():
+        if len(live) == 1 and not self.recording:
+            if self._check(ready):
+                self.last_choice = -1
+                self._begin_event(cur)
                 if self._slow:
                     self._proceed(cur, op, obj)
                 return
@@ -415,27 +654,31 @@ class ControlledScheduler:
             return
         enabled = []
         self.evaluating = True
-        for t in live:
-            r = t.ready
-            if r is None:
-                enabled.append(t)
-            else:
-                try:
-                    if r():
-                        enabled.append(t)
-                except KernelFault:  # see _ready
+        if self.recording:
+            disabled = []
+            for t in live:
+                if self._evaluate(t):
                     enabled.append(t)
+                else:
+                    disabled.append(t)
+            self.disabled = disabled
+        else:
+            for t in live:
+                r = t.ready
+                if r is None:
+                    enabled.append(t)
+                else:
+                    try:
+                        if r():
+                            enabled.append(t)
+                    except KernelFault:  # see _ready
+                        enabled.append(t)
         self.evaluating = False
         if not enabled:
             self._block_forever()
             return
-        if len(enabled) == 1:
-            chosen = enabled[0]
-            cur_enabled = chosen is cur
-        else:
-            cur_enabled = cur in enabled
-            chosen = self.strategy.choose(self, enabled, cur)
-            self.choices.append((enabled, cur, cur_enabled, chosen))
+        cur_enabled = cur in enabled
+        chosen = self._decide(enabled, cur, cur_enabled)
         if chosen is not cur:
             if cur_enabled:
                 self.preemptions += 1
@@ -444,34 +687,43 @@ class ControlledScheduler:
                 self._pending_switch = "block"
             self._switch_to(chosen)
             # Somebody switched back to us: we are enabled and chosen.
+        self._begin_event(cur)
         if self._slow:
             self._proceed(cur, op, obj)
 
-    def _proceed(self, cur: SimThread, op: str, obj: object) -> None:
-        """The running thread performs ``op`` now: trace it, tell the strategy."""
-        if self.tracing:
-            fns = tuple(f for f in backtrace(3, 6) if f != op and f not in _PRIMITIVES)[:3]
-            self.trace.append(
-                TraceEvent(self.step_no, cur.index, op, describe(op, obj), fns, self._pending_switch)
-            )
-            self._pending_switch = ""
-        ex = self.on_exec
-        if ex is not None:
-            n = self._oids.get(id(obj))
-            if n is None:
-                n = self.oid(obj)
-            ex((op, n, op not in READ_OPS), cur.index)
+    def _decide(self, enabled: list[SimThread], cur: SimThread, cur_enabled: bool) -> SimThread:
+        """Who runs next among ``enabled`` (ascending): a numbered choice point when two or
+        more can run; the strategy is asked there, and where one can run while it has
+        threads asleep."""
+        if len(enabled) == 1:
+            self.last_choice = -1
+            if self.strategy.sleeping:
+                self.strategy.choose(self, ChoicePoint(-1, (enabled[0].index,), cur.index, cur_enabled))
+            return enabled[0]
+        tids = tuple([t.index for t in enabled])
+        i = len(self.choices)
+        self.last_choice = i
+        c = self.strategy.choose(self, ChoicePoint(i, tids, cur.index, cur_enabled))
+        self.choices.append(Choice(tids, cur.index, cur_enabled, c))
+        if c == cur.index and cur_enabled:
+            return cur
+        for t in enabled:
+            if t.index == c:
+                return t
+        raise ScheduleMismatch(f"strategy chose thread {c}, which cannot run; runnable: {list(tids)}")
 
-    def oid(self, obj: object) -> int:
-        """A number for ``obj`` that is the same in every execution of a schedule prefix:
-        objects are numbered in the order they are first touched (Python ids are not
-        stable across executions, which rebuild every object)."""
-        i = id(obj)
-        n = self._oids.get(i)
-        if n is None:
-            n = self._oids[i] = len(self._oids)
-            self._keep.append(obj)  # so its id cannot be reused by another object
-        return n
+    def _proceed(self, cur: SimThread, op: str, obj: object) -> None:
+        """The running thread performs ``op`` now: trace it."""
+        if self.tracing:
+            self.evaluating = True  # describing the operation is not an access of the thread
+            try:
+                fns = tuple(f for f in backtrace(3, 6) if f != op and f not in _PRIMITIVES)[:3]
+                self.trace.append(
+                    TraceEvent(self.step_no, cur.index, op, describe(op, obj), fns, self._pending_switch)
+                )
+            finally:
+                self.evaluating = False
+            self._pending_switch = ""
 
     def _switch_to(self, th: SimThread) -> None:
         self.current = th
@@ -500,40 +752,53 @@ class ControlledScheduler:
     def run(self, main_fn: Callable[[], None], name: str = "main") -> None:
         """Run ``main_fn`` as the first thread and everything it spawns, to the end."""
         self._main = greenlet.getcurrent()
-        first = self.spawn(name, main_fn)
-        self.current = first
         k = self.kernel
         assert k is not None
+        if self.watching:
+            slab.WATCH.sched = self
+        first = self.spawn(name, main_fn)
+        self.current = first
         try:
             k._sched_task = first.task
+            self._begin_event(first)
             self._enter(first)
             while True:
                 live = self.live
                 if not live:
                     break
                 self.evaluating = True
-                enabled = [t for t in live if t.enabled()]
+                enabled = [t for t in live if not t.done and self._evaluate(t)]
                 self.evaluating = False
+                if self.recording:
+                    self.disabled = [t for t in live if t not in enabled]
                 if not enabled:
+                    if self.recording:
+                        self.strategy.finished(self, self._pending_steps())
                     if all(t.daemon for t in live):
                         break
                     self._record_deadlock()
                     break
                 prev = self.current
                 assert prev is not None
-                if len(enabled) == 1:
-                    chosen = enabled[0]
-                else:
-                    chosen = self.strategy.choose(self, enabled, prev)
-                    self.choices.append((enabled, prev, False, chosen))
+                chosen = self._decide(enabled, prev, False)
                 if not self._pending_switch:
                     self._pending_switch = "block"
                 self._switch_to(chosen)
         except StepLimitExceeded:
             self.step_limit_hit = True
         finally:
+            if slab.WATCH.sched is self:
+                slab.WATCH.sched = None
             self._kill_all()
             k._sched_task = None
+
+    def _pending_steps(self) -> list[Event]:
+        """The steps the threads still blocked at the end would take (not executed)."""
+        saved_choice = self.last_choice
+        self.last_choice = -1
+        out = [self._make_event(t) for t in self.live]
+        self.last_choice = saved_choice
+        return out
 
     def _record_deadlock(self) -> None:
         info = DeadlockInfo()
@@ -545,9 +810,12 @@ class ControlledScheduler:
                 holders = [x.name for x in h()]
             waits[t.name] = holders
             faulted = {th.task.name for th in self.threads if th.done and th.fault is not None}
+            info.dead_holders.extend(n for n in holders if n in faulted and n not in info.dead_holders)
             holders = [f"{n} (which died of a fault holding it)" if n in faulted else n for n in holders]
             where = " <- ".join(_greenlet_backtrace(t.glet))
             what = describe(t.op, t.obj)
+            target = getattr(t.obj, "lock_class", type(t.obj).__name__)
+            info.waits.append(f"{t.op}({target})" if t.obj is not None else t.op)
             held = ", ".join(getattr(x.lock, "lock_class", "?") for x in t.task.held) or "nothing"
             line = f"{t.name}: blocked in {what}"
             if holders:
@@ -568,6 +836,17 @@ class ControlledScheduler:
                         g.throw(GreenletExit)
             t.done = True
         self.live = []
+
+
+def _counter_value(obj: Any) -> int | None:
+    """The value of a refcount_t or atomic_t about to be changed (None for anything else)."""
+    for slot in ("refs", "counter"):
+        try:
+            v = object.__getattribute__(obj, slot)
+        except AttributeError:
+            continue
+        return v if isinstance(v, int) else None
+    return None
 
 
 def _greenlet_backtrace(g: Any) -> list[str]:

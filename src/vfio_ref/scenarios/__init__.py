@@ -4,9 +4,10 @@
 ``.clean``, ``.findings`` (each with ``.kind`` and ``.detail``) and ``.trace``.
 """
 
+from ..explorer.explore import Finding
 from .catalogue import SCENARIO_NAMES, SCENARIOS, Scenario
 from .harness import ScenarioContext
-from .run import Finding, Verdict, fault_points, run, run_fault_sweep
+from .run import Verdict, fault_points, run, run_fault_sweep
 
 __all__ = [
     "SCENARIOS",

@@ -29,8 +29,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..explorer.explore import Execution, RawFinding
-from ..explorer.scheduler import SimThread, TraceEvent
+from ..explorer.explore import Execution, FindingId, RawFinding
+from ..explorer.scheduler import DeadlockInfo, SimThread, TraceEvent
 from ..explorer.trace import SETUP_DONE
 from ..kernel.core import Deadlock, Kernel, KernelFault, ModelUsageError
 from ..kernel.errno import errno_name
@@ -116,39 +116,53 @@ def first_line(text: str) -> str:
 
 
 def judge_kernel(
-    k: Kernel, *, teardown_done: bool, deadlock: str | None = None, step_limit: bool = False
+    k: Kernel, *, teardown_done: bool, deadlock: DeadlockInfo | str | None = None, step_limit: bool = False
 ) -> list[RawFinding]:
-    """The findings of one finished execution (see the module docstring)."""
+    """The findings of one finished execution (see the module docstring).
+
+    A deadlock on a lock held by a thread that died of a fault is a consequence of that
+    fault, not a problem of its own: it is told in the fault's detail, not as a finding."""
     out: list[RawFinding] = []
     for w in k.warnings:
         chain = " <- ".join(w.backtrace[:6])
         detail = f"WARN in {w.function}: {w.message} (call trace: {chain}; {w.thread})"
-        out.append(RawFinding("warn", detail, f"warn:{w.function}:{w.message}"))
+        out.append(RawFinding("warn", detail, FindingId("warn", w.function, w.message)))
+    dead: DeadlockInfo | None = deadlock if isinstance(deadlock, DeadlockInfo) else None
+    consequence = ""
+    if dead is not None and dead.dead_holders:
+        consequence = "\nthen, as a consequence: " + str(dead).replace("\n", "\n  ")
     for f in k.faults:
         if isinstance(f, ModelUsageError):
             continue
-        kind = f.kind
-        head = first_line(f.message)
         chain = " <- ".join(f.backtrace[:6])
         detail = f"{f.message}" + (f"\ncall trace: {chain}" if chain else "") + f" [{f.thread}]"
-        if kind == "use-after-free":
-            key = f"uaf:{getattr(f, 'function', '?')}:{head.split(': ', 2)[-1].split(' [')[0]}"
-        elif kind == "deadlock":
-            key = "deadlock:" + head.split(" [")[0].split(" in ")[0]
-        else:
-            key = f"{kind}:{head.split(' [')[0]}"
-        out.append(RawFinding(kind, detail, key))
-    if deadlock is not None:
-        out.append(RawFinding("deadlock", deadlock, "deadlock:all-blocked:" + _deadlock_key(deadlock)))
+        if consequence and f.thread in dead.dead_holders:  # type: ignore[union-attr]
+            detail += consequence
+        ident = FindingId(f.kind, f.function, f.what or first_line(f.message))
+        out.append(RawFinding(f.kind, detail, ident))
+    if dead is not None and not dead.dead_holders:
+        out.append(
+            RawFinding(
+                "deadlock", str(dead), FindingId("deadlock", "", "all threads blocked", ",".join(sorted(dead.waits)))
+            )
+        )
+    elif isinstance(deadlock, str):
+        out.append(RawFinding("deadlock", deadlock, FindingId("deadlock", "", "all threads blocked")))
     if step_limit:
         out.append(
-            RawFinding("deadlock", "livelock: the execution ran past the step limit", "deadlock:step-limit")
+            RawFinding(
+                "deadlock",
+                "livelock: the execution ran past the step limit",
+                FindingId("deadlock", "", "livelock: past the step limit"),
+            )
         )
     for r in k.lockdep_reports:
         title = r.text.splitlines()[1] if "\n" in r.text else r.text
         detail = f"lockdep: {title.replace('WARNING: ', '')} ({' -> '.join(r.classes)}) in {r.function} [{r.thread}]"
         out.append(
-            RawFinding("lockdep", detail + "\n" + r.text, f"lockdep:{r.kind}:{':'.join(sorted(r.classes))}")
+            RawFinding(
+                "lockdep", detail + "\n" + r.text, FindingId("lockdep", "", r.kind, ",".join(sorted(r.classes)))
+            )
         )
     if k.hb is not None:
         for race in k.hb.races:
@@ -156,22 +170,18 @@ def judge_kernel(
                 RawFinding(
                     "data-race",
                     f"data-race on {race.location}: {race.first} vs {race.second}",
-                    f"race:{race.location}:{race.first.split(' [')[0]}:{race.second.split(' [')[0]}",
+                    FindingId("data-race", "", race.location, race.pair),
                 )
             )
     if teardown_done:
         for leak in k.leaks():
-            out.append(RawFinding("leak", str(leak), f"leak:{leak.type}:{leak.allocated_by}"))
+            out.append(RawFinding("leak", str(leak), FindingId("leak", leak.allocated_by, leak.type)))
     return out
 
 
-def _deadlock_key(text: str) -> str:
-    ops = []
-    for line in text.splitlines()[1:]:
-        line = line.strip()
-        if ": blocked in " in line:
-            ops.append(line.split(": blocked in ")[1].split(";")[0].split(" held by")[0])
-    return ",".join(sorted(ops))
+def final_state(k: Kernel) -> tuple[tuple[str, str], ...]:
+    """What is still allocated at the end (type and what it holds), as a comparable value."""
+    return tuple(sorted((leak.type, leak.detail) for leak in k.leaks()))
 
 
 def make_program(
@@ -194,6 +204,7 @@ def make_program(
             raise ModelUsageError(f"vfio_init failed: {ret}")
         s = ScenarioContext(k, v, exe)
         exe.data["ctx"] = s
+        exe.data["observations"] = s.observations
         # Failures are injected into the scenario, not into booting the platform.
         fi = k.fault_inject
 
@@ -218,16 +229,15 @@ def make_program(
             return
         s.platform.teardown()
         exe.data["teardown"] = "done"
+        exe.data["state"] = final_state(k)
 
     return program
 
 
 def judge_execution(exe: Execution) -> list[RawFinding]:
-    k = exe.kernel
-    dl = exe.deadlock
     return judge_kernel(
-        k,
+        exe.kernel,
         teardown_done=exe.data.get("teardown") == "done",
-        deadlock=str(dl) if dl is not None else None,
+        deadlock=exe.deadlock,
         step_limit=exe.step_limit_hit,
     )

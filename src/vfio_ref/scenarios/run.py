@@ -1,44 +1,37 @@
 """``run(name, level)``: a scenario's verdict at a level.
 
 A verdict is the union of what the explorer found over the interleavings it ran (every one up
-to the preemption bound, by default), each finding with the schedule that produced it
-(shortened) and a swimlane trace of that schedule.  ``observations`` are the kernel's return
-codes in the default schedule (the one with no preemption).  Nothing here knows what a level
-"should" do: verdicts come from running the model.
+to the preemption bound, by default; every one with ``bound=None``), each finding with the
+schedule that produced it (shortened) and a swimlane trace of that schedule.  ``complete``
+says whether that space was searched to the end; ``clean`` is True only for a complete
+search that found nothing.  ``observations`` are the kernel's return codes in the default
+schedule (the one with no preemption), ``returns`` those of every distinct outcome.  Nothing
+here knows what a level "should" do: verdicts come from running the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..explorer import explore, render_swimlanes, run_once
-from ..explorer.explore import Exploration, Stats
-from ..explorer.strategies import ReplayStrategy, parse_schedule
+from ..explorer.explore import (
+    DEFAULT_MAX_SCHEDULES,
+    Exploration,
+    Finding,
+    FindingId,
+    ReductionCheck,
+    Stats,
+)
+from ..explorer.replay import ReplayStrategy
+from ..explorer.strategy import parse_schedule
 from ..kernel.core import ModelUsageError
 from ..vfio import check_ablation, check_level
 from .catalogue import FAULT_SWEEP_OF, SCENARIO_NAMES, SCENARIOS
-from .harness import describe_observations, judge_execution, make_program
+from .harness import ScenarioContext, describe_observations, judge_execution, make_program
 
-
-@dataclass
-class Finding:
-    """One thing that went wrong: ``kind`` (warn, bug, use-after-free, double-free, leak,
-    deadlock, lockdep, data-race), a ``detail`` naming the kernel function (and, for a WARN,
-    the kernel's condition text), the ``schedule`` that produces it and its ``trace``."""
-
-    kind: str
-    detail: str
-    schedule: str
-    key: str
-    trace: str = ""
-    preemptions: int = 0
-    injected: str | None = None
-
-    def __str__(self) -> str:
-        head = self.detail.splitlines()[0]
-        inj = f" [with {self.injected} failed]" if self.injected else ""
-        return f"{self.kind}: {head}{inj} (schedule {self.schedule})"
+ScenarioFn = Callable[[ScenarioContext], None]
 
 
 @dataclass
@@ -51,13 +44,33 @@ class Verdict:
     observations: dict[str, list[int]]
     stats: list[Stats] = field(default_factory=list)
     trace: str = ""
+    returns: list[dict[str, list[int]]] = field(default_factory=list)
+    check: ReductionCheck | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every search behind the verdict exhausted the space it states."""
+        return bool(self.stats) and all(s.complete for s in self.stats)
 
     @property
     def clean(self) -> bool:
-        return not self.findings
+        """No findings, over a complete search (an incomplete one is never clean)."""
+        return not self.findings and self.complete
+
+    @property
+    def space(self) -> str:
+        return "; ".join(dict.fromkeys(s.space for s in self.stats))
 
     def kinds(self) -> list[str]:
         return sorted({f.kind for f in self.findings})
+
+    def cell(self) -> str:
+        """The report's cell: clean, the finding kinds, and "incomplete" when the search
+        did not exhaust its space."""
+        if self.findings:
+            text = ",".join(self.kinds())
+            return text if self.complete else text + " (incomplete)"
+        return "clean" if self.complete else "incomplete"
 
     def render(self, *, traces: bool = True) -> str:
         opts = []
@@ -67,9 +80,15 @@ class Verdict:
             opts.append(f"ablation {self.ablation}")
         head = f"{self.scenario} at {self.level}" + (f" ({', '.join(opts)})" if opts else "")
         lines = [head, "=" * len(head)]
-        lines.append("verdict: " + ("clean" if self.clean else ", ".join(self.kinds())))
+        for st in self.stats[:1]:
+            lines.append(st.verdict_line())
+        lines.append("verdict: " + self.cell())
         if self.observations:
             lines.append("returns (default schedule): " + describe_observations(self.observations))
+        if len(self.returns) > 1:
+            lines.append(f"returns seen over the search ({len(self.returns)} distinct):")
+            for r in self.returns:
+                lines.append("  " + describe_observations(r))
         for f in self.findings:
             lines.append("")
             lines.append(f"[{f.kind}] {f.detail}")
@@ -94,6 +113,8 @@ class Verdict:
         lines.append("")
         for st in self.stats:
             lines.append(st.render())
+        if self.check is not None:
+            lines.append(self.check.render())
         return "\n".join(lines)
 
 
@@ -104,52 +125,72 @@ def _check(name: str, level: str, ablation: str | None) -> None:
     check_ablation(ablation, level)
 
 
-def _convert(
-    ex: Exploration, injected: str | None = None, traces: bool = True, full_trace: bool = False
-) -> list[Finding]:
-    out = []
+def _render(ex: Exploration, *, injected: str | None = None, traces: bool = True, full_trace: bool = False) -> None:
     for f in ex.findings:
-        trace = (
-            render_swimlanes(f.trace, f.threads, last=f"{f.kind}: {f.detail.splitlines()[0]}", full=full_trace)
-            if traces
-            else ""
-        )
-        key = f.key if injected is None else f"{injected}|{f.key}"
-        out.append(Finding(f.kind, f.detail, f.schedule, key, trace, f.preemptions, injected))
-    return out
+        f.injected = injected
+        if traces and f.events:
+            f.trace = render_swimlanes(
+                f.events, f.threads, last=f"{f.kind}: {f.detail.splitlines()[0]}", full=full_trace
+            )
 
 
 def run(
-    name: str,
+    name: str | ScenarioFn,
     level: str,
     *,
     review_fixes: bool = False,
     ablation: str | None = None,
-    bound: int = 2,
-    mode: str = "dfs",
+    bound: int | None = 2,
+    max_schedules: int | None = DEFAULT_MAX_SCHEDULES,
+    mode: str | None = None,
+    random: bool = False,
     seed: int = 0,
     runs: int = 200,
     replay: str | None = None,
     traces: bool = True,
     full_trace: bool = False,
     reduction: bool = True,
-    max_schedules: int = 20_000,
     progress: bool = False,
+    check_reduction: bool = False,
+    noiommu: bool = False,
 ) -> Verdict:
-    """Run scenario ``name`` at ``level`` and return its verdict (see the module docstring)."""
-    _check(name, level, ablation)
-    if name == "fault_sweep":
-        return run_fault_sweep(
-            level, review_fixes=review_fixes, ablation=ablation, traces=traces, full_trace=full_trace
-        )
-    if bound < 0:
-        raise ModelUsageError(f"bound must be 0 or more preemptions, not {bound}")
-    sc = SCENARIOS[name]
-    program = make_program(sc.fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=sc.noiommu)
+    """Run scenario ``name`` (a catalogue name, or a scenario function of a
+    :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring)."""
+    if callable(name):
+        fn: ScenarioFn = name
+        label = getattr(fn, "__name__", "scenario")
+        check_level(level)
+        check_ablation(ablation, level)
+    else:
+        _check(name, level, ablation)
+        label = name
+        if name == "fault_sweep":
+            if replay is not None or random or mode == "random":
+                raise ModelUsageError(
+                    "fault_sweep runs the lifecycle once per failure point over a search space: "
+                    "it takes --bound and --no-reduction, not --replay or --random"
+                )
+            return run_fault_sweep(
+                level,
+                review_fixes=review_fixes,
+                ablation=ablation,
+                traces=traces,
+                full_trace=full_trace,
+                bound=1 if bound == 2 else bound,
+                reduction=reduction,
+                max_schedules=max_schedules,
+            )
+        sc = SCENARIOS[name]
+        fn = sc.fn
+        noiommu = noiommu or sc.noiommu
+    if bound is not None and bound < 0:
+        raise ModelUsageError(f"bound must be 0 or more preemptions (or None: no bound), not {bound}")
+    program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
     ex = explore(
         program,
         judge_execution,
         mode=mode,
+        random=random,
         bound=bound,
         seed=seed,
         runs=runs,
@@ -158,21 +199,24 @@ def run(
         reduction=reduction,
         max_schedules=max_schedules,
         progress=progress,
-        label=f"{name}@{level}",
+        label=f"{label}@{level}",
+        check_reduction=check_reduction,
     )
-    findings = _convert(ex, traces=traces, full_trace=full_trace)
+    _render(ex, traces=traces, full_trace=full_trace)
     # The default schedule: its return codes and, when clean, its trace.
     base = run_once(program, judge_execution, ReplayStrategy(parse_schedule(replay or "-")), trace=traces)
     ctx: Any = base.ctx.data.get("ctx")
     obs = dict(ctx.observations) if ctx is not None else {}
     trace = ""
     if traces:
-        if findings:
-            trace = findings[0].trace
+        if ex.findings:
+            trace = ex.findings[0].trace
         else:
             names = [t.name for t in base.sched.threads]
             trace = render_swimlanes(base.sched.trace, names, last="clean", full=full_trace)
-    return Verdict(name, level, review_fixes, ablation, findings, obs, [ex.stats], trace)
+    return Verdict(
+        label, level, review_fixes, ablation, ex.findings, obs, [ex.stats], trace, ex.returns(), ex.check
+    )
 
 
 def fault_points(level: str, *, review_fixes: bool = False, ablation: str | None = None) -> list[str]:
@@ -192,36 +236,50 @@ def run_fault_sweep(
     ablation: str | None = None,
     traces: bool = True,
     full_trace: bool = False,
-    bound: int = 1,
+    bound: int | None = 1,
+    reduction: bool = True,
+    max_schedules: int | None = DEFAULT_MAX_SCHEDULES,
 ) -> Verdict:
     """The lifecycle, once per injectable failure point with that point failed (the Nth
-    injectable call of the scenario proper), each explored up to ``bound`` preemptions."""
+    injectable call of the scenario proper), each explored over the same space."""
     _check("fault_sweep", level, ablation)
     sc = SCENARIOS[FAULT_SWEEP_OF]
     points = fault_points(level, review_fixes=review_fixes, ablation=ablation)
-    findings: dict[str, Finding] = {}
+    findings: dict[tuple[str, FindingId], Finding] = {}
     stats: list[Stats] = []
     for n, point in enumerate(points, start=1):
         program = make_program(
             sc.fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=sc.noiommu, fail_nth=n
         )
-        ex = explore(program, judge_execution, bound=bound, traces=traces, label=f"fault_sweep@{level}")
+        ex = explore(
+            program,
+            judge_execution,
+            bound=bound,
+            reduction=reduction,
+            max_schedules=max_schedules,
+            traces=traces,
+            label=f"fault_sweep@{level}",
+        )
         stats.append(ex.stats)
         label = f"{point} (injectable call #{n})"
-        for f in _convert(ex, injected=label, traces=traces, full_trace=full_trace):
-            findings.setdefault(f.key, f)
-    total = Stats(mode=f"fault sweep: {len(points)} points, bound {bound}")
+        _render(ex, injected=label, traces=traces, full_trace=full_trace)
+        for f in ex.findings:
+            findings.setdefault((label, f.ident), f)
+    total = Stats(space=f"fault sweep: {len(points)} points; each: " + (stats[0].space if stats else "nothing"))
     for st in stats:
         total.schedules += st.schedules
         total.distinct += st.distinct
         total.buggy += st.buggy
+        total.redundant += st.redundant
         total.points_total += st.points_total
         total.points_max = max(total.points_max, st.points_max)
         total.points_min = st.points_min if total.points_min == 0 else min(total.points_min, st.points_min)
         total.wall += st.wall
-    total.exhausted = all(st.exhausted for st in stats)
+    total.complete = all(st.complete for st in stats)
+    total.capped = any(st.capped for st in stats)
+    total.interrupted = any(st.interrupted for st in stats)
     total.bound = bound
-    flist = sorted(findings.values(), key=lambda f: (f.kind, f.key))
+    flist = sorted(findings.values(), key=lambda f: (f.kind, f.ident, f.injected or ""))
     return Verdict(
         "fault_sweep",
         level,

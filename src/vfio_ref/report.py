@@ -1,0 +1,302 @@
+"""The scenario x level report: computed once here, printed by the CLI, used from Python.
+
+``build_report()`` runs every scenario of the catalogue (or those asked for) at every level
+and returns a :class:`Report` of :class:`Cell` records; ``Report.render()`` is the text
+matrix and ``Report.to_json()`` the document of ``vfio-ref report --json``.
+
+What each cell searched is stated, never implied.  With ``bound="auto"`` (the default) a cell
+is first searched with no preemption bound (source-DPOR), within a budget of schedules; when
+that search does not finish, the cell is searched again up to two preemptions and is marked
+``*``.  A cell whose search did not exhaust its space reads ``incomplete`` (or its finding
+kinds followed by "(incomplete)"), never ``clean``.  A cell whose run failed inside the model
+reads ``error``, with the message listed under the matrix, and every other cell is still
+computed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .explorer.explore import DEFAULT_MAX_SCHEDULES
+from .kernel.core import ModelUsageError
+
+AUTO = "auto"
+# The budget of the unbounded attempt of a cell in "auto" mode, in schedules.
+AUTO_BUDGET = 3000
+AUTO_FALLBACK_BOUND = 2
+
+Bound = int | None | str  # an int, None (no bound) or "auto"
+
+
+@dataclass
+class Cell:
+    """One scenario at one level: its verdict, or the error that stopped its run."""
+
+    scenario: str
+    level: str
+    verdict: Any = None  # a scenarios.Verdict
+    error: str | None = None
+    space: str = ""  # "all" (no bound) or "bound N"
+    fallback: bool = False  # the unbounded search did not finish: this is the bounded one
+    wall: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.verdict is not None and bool(self.verdict.complete)
+
+    @property
+    def clean(self) -> bool:
+        return self.verdict is not None and bool(self.verdict.clean)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [] if self.verdict is None else list(self.verdict.kinds())
+
+    @property
+    def schedules(self) -> int:
+        return 0 if self.verdict is None else sum(s.schedules for s in self.verdict.stats)
+
+    def text(self) -> str:
+        if self.error is not None:
+            return "error"
+        t: str = self.verdict.cell()
+        return t + ("*" if self.fallback else "")
+
+    def to_json(self, *, findings: bool = False) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "clean": self.clean,
+            "kinds": self.kinds,
+            "complete": self.complete,
+            "space": self.space,
+            "schedules": self.schedules,
+        }
+        if self.error is not None:
+            doc["error"] = self.error
+        if findings and self.verdict is not None:
+            doc["findings"] = [finding_json(f) for f in self.verdict.findings]
+        return doc
+
+
+def finding_json(f: Any) -> dict[str, Any]:
+    """A finding as data (the schema in docs/EXPLORER.md)."""
+    return {
+        "kind": f.kind,
+        "id": {"kind": f.ident.kind, "function": f.ident.function, "what": f.ident.what, "other": f.ident.other},
+        "detail": f.detail,
+        "schedule": f.schedule,
+        "preemptions": f.preemptions,
+        "injected": f.injected,
+        "count": f.count,
+        "reproduced": f.reproduced,
+        "threads": list(f.threads),
+        "events": [
+            {"step": e.step, "thread": e.thread, "op": e.op, "what": e.what, "functions": list(e.functions),
+             "switch": e.switch}
+            for e in f.events
+        ],
+    }
+
+
+@dataclass
+class Report:
+    levels: list[str]
+    scenarios: list[str]
+    cells: dict[tuple[str, str], Cell]
+    review_fixes: bool = False
+    ablation: str | None = None
+    bound: Bound = AUTO
+    wall: float = 0.0
+    jobs: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, scenario: str, level: str) -> Cell:
+        return self.cells[(scenario, level)]
+
+    @property
+    def errors(self) -> list[Cell]:
+        return [c for c in self.cells.values() if c.error is not None]
+
+    def space_line(self) -> str:
+        if self.bound == AUTO:
+            return (
+                "each cell: every interleaving (no preemption bound), or, marked *, every interleaving "
+                f"up to {AUTO_FALLBACK_BOUND} preemptions where the unbounded search did not finish within "
+                f"{AUTO_BUDGET} schedules"
+            )
+        if self.bound is None:
+            return "each cell: every interleaving (no preemption bound)"
+        return f"each cell: every interleaving up to {self.bound} preemptions"
+
+    def render(self) -> str:
+        opts = []
+        if self.review_fixes:
+            opts.append("review fixes applied to p3/p4")
+        if self.ablation:
+            opts.append(f"ablation {self.ablation}")
+        lines = ["vfio_ref scenario report" + (f" ({'; '.join(opts)})" if opts else "")]
+        lines.append(self.space_line() + "; cells: clean, what the checkers found, or incomplete")
+        lines.append("")
+        cells = {k: c.text() for k, c in self.cells.items()}
+        width = max(len(lv) for lv in self.levels)
+        colw = {lv: max(width, *(len(cells[(n, lv)]) for n in self.scenarios)) for lv in self.levels}
+        namew = max(len(n) for n in [*self.scenarios, "scenario"])
+        lines.append(f"{'scenario':<{namew}}  " + "  ".join(f"{lv:<{colw[lv]}}" for lv in self.levels).rstrip())
+        lines.append(f"{'-' * namew}  " + "  ".join("-" * colw[lv] for lv in self.levels))
+        for n in self.scenarios:
+            lines.append(
+                f"{n:<{namew}}  " + "  ".join(f"{cells[(n, lv)]:<{colw[lv]}}" for lv in self.levels).rstrip()
+            )
+        if not self.review_fixes and {"p3", "p4"} & set(self.levels):
+            lines.append("")
+            lines.append("p3 and p4 run as posted: vfio_create_group frees the group it returns (found in review);")
+            lines.append("--review-fixes applies the fix agreed in the thread.")
+        for c in self.errors:
+            lines.append("")
+            lines.append(f"error in {c.scenario} at {c.level}: {c.error}")
+        total = sum(c.schedules for c in self.cells.values())
+        lines.append("")
+        jobs = f" with {self.jobs} jobs" if self.jobs > 1 else ""
+        lines.append(
+            f"{total} schedules explored in {self.wall:.1f}s{jobs}.  Details: vfio-ref explore SCENARIO --level LEVEL"
+        )
+        return "\n".join(lines)
+
+    def to_json(self, *, findings: bool = False) -> dict[str, Any]:
+        return {
+            "levels": self.levels,
+            "space": self.space_line(),
+            "scenarios": {
+                n: {lv: self.cells[(n, lv)].to_json(findings=findings) for lv in self.levels} for n in self.scenarios
+            },
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    scenario: str
+    level: str
+    review_fixes: bool
+    ablation: str | None
+    bound: Bound
+    max_schedules: int | None
+    check_reduction: bool
+    traces: bool
+
+
+def _run_cell(job: _Job) -> Cell:
+    """One cell (in this process or a worker): never raises for a failing model run."""
+    from .scenarios import run
+
+    t0 = time.perf_counter()
+    cell = Cell(job.scenario, job.level)
+    try:
+        if job.bound == AUTO:
+            budget = AUTO_BUDGET if job.max_schedules is None else min(AUTO_BUDGET, job.max_schedules)
+            v = run(
+                job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
+                max_schedules=budget, traces=job.traces, check_reduction=False,
+            )
+            cell.space = "all"
+            if not v.complete and not any(s.interrupted for s in v.stats):
+                v = run(
+                    job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
+                    bound=AUTO_FALLBACK_BOUND, max_schedules=job.max_schedules, traces=job.traces,
+                    check_reduction=job.check_reduction,
+                )
+                cell.space = f"bound {AUTO_FALLBACK_BOUND}"
+                cell.fallback = True
+            elif job.check_reduction:
+                v = run(
+                    job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
+                    max_schedules=budget, traces=job.traces, check_reduction=True,
+                )
+        else:
+            bound = job.bound if job.bound is None or isinstance(job.bound, int) else AUTO_FALLBACK_BOUND
+            v = run(
+                job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=bound,
+                max_schedules=job.max_schedules, traces=job.traces, check_reduction=job.check_reduction,
+            )
+            cell.space = "all" if bound is None else f"bound {bound}"
+        cell.verdict = v
+    except KeyboardInterrupt:
+        raise
+    except ModelUsageError as e:
+        cell.error = str(e)
+    except Exception as e:  # a failure inside the model: this cell reads "error", the rest go on
+        cell.error = f"{type(e).__name__}: {e}"
+    cell.wall = time.perf_counter() - t0
+    return cell
+
+
+def default_jobs() -> int:
+    """Every core of this machine."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def build_report(
+    scenarios: Sequence[str] | None = None,
+    levels: Sequence[str] | None = None,
+    *,
+    review_fixes: bool = False,
+    ablation: str | None = None,
+    bound: Bound = AUTO,
+    max_schedules: int | None = DEFAULT_MAX_SCHEDULES,
+    jobs: int = 1,
+    check_reduction: bool = False,
+    findings: bool = False,
+    on_cell: Callable[[Cell], None] | None = None,
+) -> Report:
+    """Run the matrix (see the module docstring).  ``jobs`` > 1 computes cells in that many
+    worker processes; the cells, and so the report, are the same as with one."""
+    from .scenarios import SCENARIO_NAMES
+    from .vfio import LEVELS, check_level, get_ablation
+
+    lv = list(levels) if levels else list(LEVELS)
+    for level in lv:
+        check_level(level)
+    sc = list(scenarios) if scenarios else list(SCENARIO_NAMES)
+    for name in sc:
+        if name not in SCENARIO_NAMES:
+            raise ModelUsageError(f"unknown scenario {name!r}: the scenarios are {', '.join(SCENARIO_NAMES)}")
+    if len(set(lv)) != len(lv) or len(set(sc)) != len(sc):
+        raise ModelUsageError("a level or scenario is asked for twice: name each once")
+    if ablation is not None:
+        a = get_ablation(ablation)
+        lv = [x for x in lv if x in a.levels]
+        if not lv:
+            raise ModelUsageError(f"ablation {ablation!r} applies to none of the levels asked for")
+    if jobs < 1:
+        raise ModelUsageError(f"--jobs must be 1 or more, not {jobs}")
+    if isinstance(bound, int) and bound < 0:
+        raise ModelUsageError(f"bound must be 0 or more preemptions, none, or auto, not {bound}")
+    work = [
+        _Job(n, level, review_fixes, ablation, bound, max_schedules, check_reduction, findings)
+        for n in sc
+        for level in lv
+    ]
+    t0 = time.perf_counter()
+    cells: dict[tuple[str, str], Cell] = {}
+    if jobs == 1 or len(work) == 1:
+        for job in work:
+            c = _run_cell(job)
+            cells[(c.scenario, c.level)] = c
+            if on_cell is not None:
+                on_cell(c)
+    else:
+        # The biggest cells first, so that no worker is left alone with one at the end.
+        order = sorted(work, key=lambda j: j.scenario not in _BIG)
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+            for c in pool.map(_run_cell, order):
+                cells[(c.scenario, c.level)] = c
+                if on_cell is not None:
+                    on_cell(c)
+    return Report(lv, sc, cells, review_fixes, ablation, bound, time.perf_counter() - t0, jobs)
+
+
+# The cells that take longest (the concurrent scenarios), scheduled first with --jobs.
+_BIG = frozenset({"create_race", "lookup_vs_last_put", "notifier_vs_release", "open_vs_last_put", "fault_sweep"})
