@@ -335,3 +335,18 @@ def test_an_atomic_t_refuses_what_is_not_an_int(call: str, value: object) -> Non
     head = "Atomic(kernel, " if call == "Atomic" else f"{call}(atomic_t(4), "
     assert str(e.value) == f"{head}{value!r}): an atomic_t value is a C int; a {type(value).__name__} is not one"
     assert a.atomic_read() == 4
+
+
+def test_a_private_helper_of_a_level_is_not_a_kernel_function() -> None:
+    # `show` resolves kernel functions only: a helper of the model (a leading underscore, not
+    # one of the kernel's own __vfio_* names) is refused like any other unknown name.
+    from vfio_ref.vfio import level_class
+
+    p5 = level_class("p5")
+    cls = type("VfioP5WithHelper", (p5,), {"LEVEL": "p5", "_helper": lambda self: 0})
+    with pytest.raises(ModelUsageError) as e:
+        cls.source_of("_helper")
+    note_figure("misuses tried")
+    assert str(e.value) == "'_helper' is not a modelled function or struct at level p5; see `vfio-ref show p5 --list`"
+    assert "_helper" not in cls.function_names()
+    assert cls.source_of("__vfio_group_get_from_iommu").startswith("# __vfio_group_get_from_iommu at p5")
