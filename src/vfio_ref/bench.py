@@ -560,8 +560,42 @@ def run_suite(bench_dir: Path, json_path: str, *, quick: bool) -> int:
         return int(pytest.main(args))
 
 
+def check_out(out: str) -> Path:
+    """The report's path, checked before anything is measured: it must name a file (not a
+    directory) that can be created or overwritten, and so must the plot beside it.  A
+    ModelUsageError says what is wrong with it."""
+    what = f"--out {out!r}"
+    if not out or out.endswith(("/", os.sep)):
+        raise ModelUsageError(
+            f"{what} names a directory; give the report's file name, e.g. {(out or './') + 'REPORT.md'!r}"
+        )
+    path = Path(out)
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise ModelUsageError(
+            f"{what} is a directory; give the report's file name, e.g. {os.path.join(out, 'REPORT.md')!r}"
+        )
+    png = path.with_name(path.stem + "-lookup.png")
+    if png.is_dir():
+        raise ModelUsageError(f"{what}: the plot goes beside the report, but {str(png)!r} is a directory")
+    for p in (path, png):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ModelUsageError(f"{what}: {str(p)!r} cannot be overwritten (no write permission)")
+    # The first ancestor that exists must be a directory we can create entries in (the
+    # missing ones are made when the report is written).
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ModelUsageError(f"{what}: {str(anc)!r} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise ModelUsageError(f"{what}: cannot create files in {str(anc)!r} (no write permission)")
+    return path
+
+
 def main(*, quick: bool, out: str) -> int:
-    """Run the suite (``quick``: about a minute) and write the Markdown report to ``out``."""
+    """Run the suite (``quick``: about a minute) and write the Markdown report to ``out``
+    (checked first, so that a bad path costs nothing)."""
+    out_path = check_out(out)
     bench_dir = find_benchmarks_dir()
     command = "vfio-ref bench" + (" --quick" if quick else "") + (f" --out {out}" if out != DEFAULT_OUT else "")
     t0 = time.perf_counter()
@@ -573,7 +607,6 @@ def main(*, quick: bool, out: str) -> int:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
     wall = time.perf_counter() - t0
-    out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     png = out_path.with_name(out_path.stem + "-lookup.png")
     plotted = plot_lookup(data, str(png))

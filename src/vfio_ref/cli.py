@@ -11,16 +11,29 @@
     vfio-ref list {scenarios,levels,ablations}
     vfio-ref bench [--quick] [--out FILE]
 
-A misuse (an unknown level, scenario or ablation, a schedule that does not fit) prints one
-line naming what was wrong and what is allowed, and exits with status 2.
+Exit status:
+
+0  done: the answer is complete.
+1  the answer is incomplete: a report cell could not be computed (the model raised; the
+   cell reads ``error`` and the message is listed under the matrix), the output could not
+   be written (a full disk: one line on stderr; a reader that closed the pipe early, as
+   ``| head`` does: silently), or vfio-ref itself failed (one line on stderr).
+2  usage: a misuse (an unknown level, scenario or ablation, a meaningless combination of
+   options, a schedule that does not fit) prints one line naming what was wrong and what is
+   allowed; nothing is run.
+
+No Python traceback reaches the user from inside the package (``VFIO_REF_TRACEBACK=1``
+shows one for an internal failure, for a bug report).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +42,11 @@ from . import __version__
 from .explorer import ScheduleMismatch
 from .explorer.explore import DEFAULT_MAX_SCHEDULES
 from .kernel.core import ModelUsageError
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C: what was found so far is printed, marked incomplete
 
 
 def _levels() -> tuple[str, ...]:
@@ -50,9 +68,7 @@ def _bound(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a bound: give a number of preemptions (0 or more), 'none' or 'auto'"
         ) from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a preemption bound is 0 or more (or 'none')")
-    return n
+    return n  # a negative one is refused by check_args, with the other rules
 
 
 def _count(text: str) -> int | None:
@@ -76,6 +92,12 @@ def _jobs(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: --jobs is 1 or more")
     return n
+
+
+def _describe(e: BaseException) -> str:
+    """A model error as one message: a ModelUsageError says it all; anything else also
+    needs its type (a KeyError's message is just the key)."""
+    return str(e) if isinstance(e, ModelUsageError) else f"{type(e).__name__}: {e}"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -104,8 +126,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if progress:
             sys.stderr.write("\n")
-        print("vfio-ref: interrupted: the report was not finished", file=sys.stderr)
-        return 130
+        _say("vfio-ref: interrupted: the report was not finished")
+        return EXIT_INTERRUPTED
     if progress:
         sys.stderr.write("\r" + " " * 79 + "\r")
     if args.json:
@@ -116,12 +138,19 @@ def cmd_report(args: argparse.Namespace) -> int:
             for c in rep.cells.values():
                 if c.verdict is not None and c.verdict.check is not None and not c.verdict.check.agree:
                     print(f"{c.scenario} at {c.level}: {c.verdict.check.render()}")
-    return 1 if rep.errors else 0
+    return _report_status(len(rep.errors))
+
+
+def _report_status(n: int) -> int:
+    if not n:
+        return EXIT_OK
+    _say(f"vfio-ref: error: {n} cell{'s' if n > 1 else ''} of the report could not be computed (see the report)")
+    return EXIT_INCOMPLETE
 
 
 def _scenario_arg(text: str) -> Any:
     """A catalogue name, or FILE.py:FUNCTION (a scenario function written as docs/EXPLORER.md shows)."""
-    if ":" not in text or not text.split(":", 1)[0].endswith(".py"):
+    if not _is_scenario_file(text):
         return text
     path, fn_name = text.rsplit(":", 1)
     import importlib.util
@@ -189,9 +218,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
             print("trace of the default schedule:")
             print(v.trace)
     if interrupted:
-        print("vfio-ref: interrupted: the search above is incomplete", file=sys.stderr)
-        return 130
-    return 0
+        _say("vfio-ref: interrupted: the search above is incomplete")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def _level_cls(level: str, review_fixes: bool) -> Any:
@@ -269,8 +298,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench.main(quick=args.quick, out=args.out))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that a failure to print --help or --version is reported (by
+    :func:`main`) instead of being swallowed with exit status 0."""
+
+    def error(self, message: str) -> Any:
+        """A bad option value: one line naming it, exit status 2 (as every other misuse)."""
+        self.exit(EXIT_USAGE, f"vfio-ref: error: {message}\n")
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if not message:
+            return
+        file = file or sys.stderr
+        if file is sys.stderr:  # a usage error: its status (2) matters more than its text
+            with contextlib.suppress(OSError, ValueError):
+                file.write(message)
+        else:
+            file.write(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="vfio-ref",
         description="Executable reference model of the VFIO group lifecycle (Linux 5.15 -> 5.16).",
     )
@@ -350,19 +398,195 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# --------------------------------------------------------------------------------------------
+# Options: what was given, and which combinations mean something
+
+
+def _given_options(argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the options given on the command line (defaults left out), so that
+    a check can tell ``--bound 2`` typed from the default 2.  Parses ``argv`` again with every
+    default suppressed; options added to :func:`build_parser` later are covered too."""
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"cmd", "fn"}
+
+
+def _refuse(rule: str) -> None:
+    raise ModelUsageError(rule)
+
+
+def _is_scenario_file(text: str) -> bool:
+    return ":" in text and text.split(":", 1)[0].endswith(".py")
+
+
+def check_args(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, with one line naming the rule, every combination of options that would be
+    accepted and then ignored or mean nothing (docs/RELIABILITY.md lists them).  Names
+    (levels, scenarios, ablations) are checked here too, so that nothing runs on a bad one."""
+    from .scenarios import SCENARIO_NAMES
+    from .vfio import REVIEW_FIX_LEVELS, check_ablation, check_level, get_ablation
+
+    def check_scenario(name: str) -> None:
+        if name not in SCENARIO_NAMES:
+            _refuse(f"unknown scenario {name!r}: the scenarios are {', '.join(SCENARIO_NAMES)}")
+
+    def no_duplicates(option: str, values: list[str], what: str) -> None:
+        seen: set[str] = set()
+        for v in values:
+            if v in seen:
+                _refuse(f"{option} {v} is given twice: each {what}, so a repeat is more likely a typo")
+            seen.add(v)
+
+    def review_fixes_apply(levels: list[str]) -> None:
+        if args.review_fixes and not set(levels) & set(REVIEW_FIX_LEVELS):
+            _refuse(
+                f"--review-fixes changes nothing at {', '.join(levels)}: "
+                f"review fixes exist for {', '.join(REVIEW_FIX_LEVELS)} only"
+            )
+
+    def bound_ok() -> None:
+        b = vars(args).get("bound")
+        if isinstance(b, int) and b < 0:
+            _refuse(f"--bound must be 0 or more preemptions, not {b}")
+
+    cmd = args.cmd
+    if cmd == "report":
+        bound_ok()
+        levels = list(args.level or _levels())
+        scenarios = list(args.scenario or SCENARIO_NAMES)
+        for lv in levels:
+            check_level(lv)
+        for name in scenarios:
+            check_scenario(name)
+        no_duplicates("--level", levels, "level is one column of the report")
+        no_duplicates("--scenario", scenarios, "scenario is one row of the report")
+        if args.ablation is not None:
+            a = get_ablation(args.ablation)
+            levels = [lv for lv in levels if lv in a.levels]
+            if not levels:
+                _refuse(f"ablation {args.ablation!r} applies to none of the levels asked for: it applies to "
+                        f"{', '.join(a.levels)}")
+        review_fixes_apply(levels)
+        if "findings" in given and not args.json:
+            _refuse("--findings adds every finding to the JSON document: it needs --json")
+    elif cmd == "explore":
+        bound_ok()
+        if args.bound == "auto":
+            _refuse("--bound auto is for the report: explore one space, --bound N or --bound none")
+        if not _is_scenario_file(args.scenario):
+            check_scenario(args.scenario)
+        check_level(args.level)
+        check_ablation(args.ablation, args.level)
+        review_fixes_apply([args.level])
+        if args.scenario == "fault_sweep":
+            for opt in ("replay", "random", "seed", "runs"):
+                if opt in given:
+                    _refuse(
+                        f"--{opt.replace('_', '-')} does not apply to fault_sweep: it searches the lifecycle once "
+                        "per failure point (give --bound N|none and --max-schedules, or --no-reduction)"
+                    )
+        if args.random and args.replay is not None:
+            _refuse("--random and --replay exclude each other: --replay runs the one schedule it is given")
+        for opt in ("seed", "runs"):
+            if opt in given and not args.random:
+                _refuse(f"--{opt} applies to random scheduling only: add --random, or leave --{opt} out")
+        if args.runs < 1:
+            _refuse(f"--runs must be 1 or more schedules, not {args.runs}")
+        for opt in ("bound", "no_reduction", "max_schedules", "check_reduction"):
+            if opt in given and (args.random or args.replay is not None):
+                mode = "--random (PCT) does not" if args.random else "--replay runs one schedule and does not"
+                _refuse(f"--{opt.replace('_', '-')} applies to the systematic search only: {mode} use it")
+        if args.check_reduction and args.no_reduction:
+            _refuse("--check-reduction compares the reduced search with the plain one: it needs the reduction")
+        if args.full_trace and args.no_trace:
+            _refuse("--full-trace and --no-trace exclude each other: --full-trace shows more of the traces")
+    elif cmd == "show":
+        check_level(args.level)
+        review_fixes_apply([args.level])
+        if args.list and args.function is not None:
+            _refuse(f"--list lists every function at {args.level}: give FUNCTION or --list, not both")
+    elif cmd == "diff":
+        check_level(args.level_a)
+        check_level(args.level_b)
+        review_fixes_apply([args.level_a, args.level_b])
+
+
+# --------------------------------------------------------------------------------------------
+# main: one line for every failure, never a traceback
+
+
+def _say(line: str) -> None:
+    """One line on stderr; if even stderr cannot be written, nothing more can be said."""
+    err = sys.stderr
+    if err is None:  # started with stderr closed (print would fall back to stdout)
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=err, flush=True)
+
+
+def _drop_stdout() -> None:
+    """Point the process's stdout at /dev/null, so that the interpreter's final flush of what
+    is still buffered cannot fail again ("Exception ignored ... BrokenPipeError", exit 120).
+    Only for the real stdout: a test harness's replacement is left alone."""
+    out = sys.stdout
+    if out is not sys.__stdout__ or out is None:
+        return
+    try:
+        fd = out.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    os.dup2(null, fd)
+    os.close(null)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_args(args, _given_options(argv))
         return int(args.fn(args))
     except (ModelUsageError, ScheduleMismatch, ValueError) as e:
-        print(f"vfio-ref: error: {e}", file=sys.stderr)
-        return 2
+        _say(f"vfio-ref: error: {e}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("vfio-ref: interrupted", file=sys.stderr)
-        return 130
+        _say("vfio-ref: interrupted")
+        return EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``vfio-ref`` command; returns the exit status (see the module docstring)."""
+    if sys.stdout is None:  # started with stdout closed: print() would drop everything silently
+        _say("vfio-ref: error: cannot write the output: standard output is closed")
+        return EXIT_INCOMPLETE
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # while a failure can still be reported
     except BrokenPipeError:
-        return 0
+        _drop_stdout()  # the reader wants no more: stop quietly
+        return EXIT_INCOMPLETE
+    except OSError as e:
+        _drop_stdout()
+        if e.filename:
+            _say(f"vfio-ref: error: {e.filename}: {e.strerror or e}")
+        else:
+            _say(f"vfio-ref: error: cannot write the output: {e.strerror or e}")
+        return EXIT_INCOMPLETE
+    except Exception as e:
+        if os.environ.get("VFIO_REF_TRACEBACK"):
+            raise
+        _say(f"vfio-ref: internal error: {type(e).__name__}: {e} (a bug in vfio-ref; VFIO_REF_TRACEBACK=1 shows where)")
+        return EXIT_INCOMPLETE
 
 
 if __name__ == "__main__":

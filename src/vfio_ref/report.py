@@ -135,7 +135,9 @@ class Report:
     def render(self) -> str:
         opts = []
         if self.review_fixes:
-            opts.append("review fixes applied to p3/p4")
+            from .vfio import REVIEW_FIX_LEVELS
+
+            opts.append("review fixes applied to " + "/".join(lv for lv in self.levels if lv in REVIEW_FIX_LEVELS))
         if self.ablation:
             opts.append(f"ablation {self.ablation}")
         lines = ["vfio_ref scenario report" + (f" ({'; '.join(opts)})" if opts else "")]
@@ -155,9 +157,13 @@ class Report:
             lines.append("")
             lines.append("p3 and p4 run as posted: vfio_create_group frees the group it returns (found in review);")
             lines.append("--review-fixes applies the fix agreed in the thread.")
-        for c in self.errors:
+        if self.errors:
             lines.append("")
-            lines.append(f"error in {c.scenario} at {c.level}: {c.error}")
+            lines.append("error: the model raised instead of giving a verdict (every other cell was computed):")
+            for c in self.errors:
+                first, *rest = (c.error or "").splitlines() or [""]
+                lines.append(f"  {c.scenario} at {c.level}: {first}")
+                lines.extend(f"    {line}" for line in rest)
         total = sum(c.schedules for c in self.cells.values())
         lines.append("")
         jobs = f" with {self.jobs} jobs" if self.jobs > 1 else ""

@@ -111,3 +111,4 @@ def test_concurrent_increments_are_not_lost(k: Kernel) -> None:
 
     assert k.run_threads(inc, inc, inc, inc) == []
     assert a.atomic_read() == 4 * 2 * n
+

@@ -422,3 +422,42 @@ def test_a_misused_counter_never_wraps_back_to_a_small_value(k: Kernel, start: i
         r.inc()
         r.dec()
     assert r.read() == REFCOUNT_SATURATED
+
+
+# --------------------------------------------------------------------------------------
+# A refcount_t is a C int (what is not one is refused: tests/reliability/test_refusals.py)
+
+INT_MIN = -0x80000000
+
+
+@pytest.mark.parametrize("value", [REFCOUNT_MAX, INT_MIN, REFCOUNT_SATURATED, 0, -1])
+def test_every_c_int_is_a_counter_value(k: Kernel, value: int) -> None:
+    assert Refcount(k, value).read() == value
+    r = Refcount(k)
+    r.set(value)
+    assert r.read() == value and k.warnings == []
+
+
+def test_the_largest_counter_saturates_on_the_next_inc(k: Kernel, only_warning) -> None:
+    # Refcount(k, 2**31) is refused; 2**31 - 1 is the largest there is, and inc from
+    # it saturates with the overflow WARN instead of reaching 2**31.
+    r = Refcount(k, 2**31 - 1)
+    r.inc()
+    assert r.read() == REFCOUNT_SATURATED
+    ev = only_warning(k, "refcount_warn_saturate", SATURATED_MSG)
+    assert ev.caller == "refcount_inc" and ev.macro == "WARN_ONCE"
+
+
+def test_arithmetic_wraps_as_a_c_int_before_the_checks(k: Kernel, only_warning) -> None:
+    # sub_and_test(-1) at INT_MAX: C's old - i wraps to INT_MIN, so it is an underflow.
+    r = Refcount(k, REFCOUNT_MAX)
+    assert r.sub_and_test(-1) is False
+    assert r.read() == REFCOUNT_SATURATED
+    only_warning(k, "refcount_warn_saturate", UNDERFLOW_MSG)
+
+
+def test_add_not_zero_past_int_max_saturates(k: Kernel, only_warning) -> None:
+    r = Refcount(k, REFCOUNT_MAX - 1)
+    assert r.add_not_zero(2) is True
+    assert r.read() == REFCOUNT_SATURATED
+    only_warning(k, "refcount_warn_saturate", SATURATED_MSG)

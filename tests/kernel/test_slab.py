@@ -168,6 +168,32 @@ def test_an_embedded_refcount_is_freed_with_its_container(k: Kernel) -> None:
     assert "Freed by task MainThread in vfio_group_unlock_and_free" in ei.value.message
 
 
+def vfio_group_of_lock(lock: Mutex) -> Any:
+    return container_of(lock, VfioGroup, "group_lock")
+
+
+def test_the_container_back_pointer_of_a_freed_member_is_freed_memory_too(k: Kernel) -> None:
+    # container_of() from a stale pointer to an embedded member (a struct cdev, a mutex...) is
+    # how a use-after-free of the container usually starts: the back-pointer lives in the
+    # freed memory, so reading it is the first bad access and the one reported.
+    g = new_group(k)
+    lock, users = g.group_lock, g.users
+    vfio_group_unlock_and_free(k, g)
+    with pytest.raises(UseAfterFree) as ei:
+        vfio_group_of_lock(lock)
+    e = ei.value
+    assert (e.field, e.access) == ("container", "read")  # type: ignore[attr-defined]
+    # C's container_of is a macro; the model's is a function, which the report names.
+    assert e.message.startswith("BUG: KASAN: use-after-free in container_of: read of VfioGroup.container")
+    assert "Freed by task MainThread in vfio_group_unlock_and_free" in e.message
+    for member in (lock, users):
+        with pytest.raises(UseAfterFree) as ei:
+            _ = member.container
+        assert (ei.value.field, ei.value.access) == ("container", "read")  # type: ignore[attr-defined]
+    with pytest.raises(UseAfterFree):
+        lock.container = None  # writing it is one too
+
+
 def test_fields_not_declared_embedded_are_separate_objects(k: Kernel) -> None:
     g = new_group(k)
     ud = vfio_iommu_group_notifier(k)

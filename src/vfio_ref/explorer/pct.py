@@ -63,7 +63,7 @@ class PctStrategy:
         return False
 
     def describe(self) -> str:
-        return f"PCT sampling, seed {self.seed}, depth {self.depth}, {self.runs} runs"
+        return f"random (PCT) sampling, seed {self.seed}, depth {self.depth}, {self.runs} runs"
 
     def choose(self, sched: ControlledScheduler, cp: ChoicePoint) -> int:
         if self._first:

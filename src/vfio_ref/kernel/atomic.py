@@ -1,6 +1,9 @@
 """atomic_t (include/linux/atomic.h): a 32-bit counter with atomic read-modify-write.
 
-Values wrap as a C int.  Every operation is a scheduling point.  For happens-before, the
+Values wrap as a C int: arithmetic, and also a value set from outside the int range (as C
+converts ``atomic_set(&v, 0xFFFFFFFF)`` to -1).  A value that is not an ``int`` at all (a
+float, a str, a bool) is a :class:`ModelUsageError` naming the call: C would not compile it.
+Every operation is a scheduling point.  For happens-before, the
 read-modify-write operations are treated as fully ordered (the kernel guarantees that for
 value-returning ones only), atomic_read / atomic_set as unordered.
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Kernel
+from .core import Kernel, ModelUsageError
 from .sched import note_created
 
 INT_MAX = 0x7FFFFFFF
@@ -26,10 +29,17 @@ def s32(x: int) -> int:
     return x - 0x100000000 if x & 0x80000000 else x
 
 
+def _check_int(head: str, n: object) -> None:
+    if type(n) is not int:
+        raise ModelUsageError(f"{head}{n!r}): an atomic_t value is a C int; a {type(n).__name__} is not one")
+
+
 class Atomic:
     __slots__ = ("_poison", "container", "counter", "kernel")
 
     def __init__(self, kernel: Kernel, value: int = 0) -> None:
+        if type(value) is not int:
+            _check_int("Atomic(kernel, ", value)
         self.kernel = kernel
         self.counter = s32(value)
         self.container: Any = None
@@ -65,6 +75,8 @@ class Atomic:
         return self.counter
 
     def atomic_set(self, i: int) -> None:
+        if type(i) is not int:
+            _check_int(f"atomic_set({self!r}, ", i)
         s = self.kernel.sched
         if s is not None:
             s.point("atomic_set", self)
@@ -77,6 +89,8 @@ class Atomic:
         self._rmw("atomic_dec", lambda v: v - 1)
 
     def atomic_add_return(self, i: int) -> int:
+        if type(i) is not int:
+            _check_int(f"atomic_add_return({self!r}, ", i)
         return s32(self._rmw("atomic_add_return", lambda v: v + i) + i)
 
     def atomic_dec_and_test(self) -> bool:
@@ -84,6 +98,9 @@ class Atomic:
 
     def atomic_cmpxchg(self, old: int, new: int) -> int:
         """If the value is ``old`` make it ``new``; return the value found."""
+        for v in (old, new):
+            if type(v) is not int:
+                _check_int(f"atomic_cmpxchg({self!r}, ", v)
         return self._rmw("atomic_cmpxchg", lambda v: new if v == old else v)
 
     def atomic_inc_not_zero(self) -> bool:

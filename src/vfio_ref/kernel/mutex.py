@@ -2,7 +2,14 @@
 
 * ``mutex_lock`` sleeps until the mutex is free.  Lockdep validates the order first; locking a
   mutex the task already holds raises :class:`Deadlock` at once (it could never return).
-* ``mutex_unlock`` by a task that does not hold the mutex is a lockdep 'bad unlock balance'.
+* ``mutex_unlock`` by a task that does not hold the mutex is a lockdep 'bad unlock balance'
+  and, as CONFIG_DEBUG_MUTEXES checks in ``__mutex_unlock_slowpath``, the WARN
+  ``DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current)``.  The kernel releases the mutex
+  anyway (it clears the owner and wakes a waiter), so the model does too; the owner's own
+  unlock later, when another task may hold the mutex by then, WARNs the same way.  Every such
+  WARN is recorded; as in the kernel only the first debug-locks report prints (lockdep's
+  report or this WARN turns ``debug_locks`` off).  A spinlock checks its owner the same way
+  (``debug_spin_unlock``: 'already unlocked', 'wrong owner').
 * Ordering: unlock is a release, the next lock an acquire (happens-before edge).
 
 Free-running mode uses a real ``threading.Lock``; a task that would wait on a wait-for cycle,
@@ -165,14 +172,21 @@ class Mutex:
                 held.pop()  # Lockdep.released's common case, inlined on this hot path
             else:
                 k.lockdep.released(t, self)
-        if self.owner is None:
-            return  # reported by lockdep as a bad unlock; nothing to release
+        o = self.owner
+        if o is not t:
+            self._unlock_by_non_owner(k, t, o)
+            if o is None:
+                return  # nothing to release
         hb = k.hb
         if hb is not None:
             hb.release_exclusive(t, self)
         self.owner = None
         if self._lock is not None:
             self._lock.release()
+
+    def _unlock_by_non_owner(self, k: Kernel, t: Task, owner: Task | None) -> None:
+        """CONFIG_DEBUG_MUTEXES: the owner check of ``__mutex_unlock_slowpath``."""
+        debug_locks_warn(k, "__mutex_unlock_slowpath", "DEBUG_LOCKS_WARN_ON(__owner_task(owner) != current)")
 
     def mutex_is_locked(self) -> bool:
         return self.owner is not None
@@ -192,6 +206,39 @@ class Mutex:
     def __repr__(self) -> str:
         o = self.owner
         return f"<Mutex {self.lock_class} {'held by ' + o.name if o else 'free'}>"
+
+
+def debug_locks_off(k: Kernel) -> bool:
+    """Turn the kernel's ``debug_locks`` off; True if this call did (it was still on).
+
+    In the kernel every lockdep report and every DEBUG_LOCKS_WARN_ON that fires turns it off,
+    and only the one that turned it off prints: the model keeps the state in ``k.state``
+    and counts lockdep's reports as having turned it off.
+    """
+    was_on = not k.state.get("debug_locks_off") and not k.lockdep.reports
+    k.state["debug_locks_off"] = True
+    return was_on
+
+
+def debug_locks_warn(k: Kernel, function: str, message: str, macro: str = "DEBUG_LOCKS_WARN_ON") -> None:
+    """Record a debug-locks report (``macro`` in kernel function ``function``), marked printed
+    only if it turned ``debug_locks`` off (see :func:`debug_locks_off`).  Its site is where the
+    caller of the lock primitive (the first frame outside this module) made the call."""
+    printed = debug_locks_off(k)
+    key = (function, "debug_locks")
+    # record_warn prints a once-only WARN the first time its key is seen: set the key so that
+    # the event is marked printed exactly when it turned debug_locks off.
+    if printed:
+        k._warn_once_seen.discard(key)
+    else:
+        k._warn_once_seen.add(key)
+    n = 1
+    f = sys._getframe(1)
+    while f.f_back is not None and f.f_code.co_filename == __file__:
+        f = f.f_back
+        n += 1
+    _, site = model_site(n + 1)
+    k.record_warn(function, message, macro, site, once=True, once_key="debug_locks")
 
 
 def mutex_init(k: Kernel, name: str) -> Mutex:
@@ -218,6 +265,13 @@ class SpinLock(Mutex):
 
     def spin_unlock(self) -> None:
         self.mutex_unlock()
+
+    def _unlock_by_non_owner(self, k: Kernel, t: Task, owner: Task | None) -> None:
+        """CONFIG_DEBUG_SPINLOCK: ``debug_spin_unlock``'s checks (each a SPIN_BUG_ON: a report
+        through ``spin_bug``, the unlock goes on)."""
+        if owner is None:
+            debug_locks_warn(k, "debug_spin_unlock", "BUG: spinlock already unlocked", "SPIN_BUG_ON")
+        debug_locks_warn(k, "debug_spin_unlock", "BUG: spinlock wrong owner", "SPIN_BUG_ON")
 
 
 spin_lock = SpinLock.spin_lock

@@ -16,6 +16,13 @@ REFCOUNT_DEC_LEAK          refcount_t: decrement hit 0; leaking memory.
 Every occurrence is recorded; ``printed`` marks the first of each case (WARN_ONCE).  The
 saturation happens every time.
 
+The counter and every amount are C ints: ``Refcount(kernel, n)``, ``refcount_set`` and the
+``i`` of add / add_not_zero / sub_and_test take an ``int`` from INT_MIN to INT_MAX (negative
+values are the kernel's "bad" range, REFCOUNT_SATURATED among them).  Anything else (a float,
+a str, a bool, a value no C int can hold) is a :class:`ModelUsageError` naming the counter and
+the rule: the C compiler would not have let it through, so there is no kernel behaviour to
+model.
+
 Ordering: increments are unordered; every decrement is a release, and the decrement that
 reaches zero is also an acquire (so whoever frees sees every earlier holder's writes).
 Every operation is a scheduling point and costs O(1).
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from .core import Kernel, model_site
+from .core import Kernel, ModelUsageError, model_site
 from .sched import note_created
 
 INT_MAX: Final = 0x7FFFFFFF
@@ -50,6 +57,23 @@ SATURATION_MESSAGES: Final = {
 _WRAP: Final = 0x100000000
 
 
+def _wrap(x: int) -> int:
+    """``x`` as C int arithmetic leaves it (the kernel builds with -fno-strict-overflow)."""
+    return (x - INT_MIN) % _WRAP + INT_MIN
+
+
+def _check_int(head: str, what: str, n: object) -> None:
+    """Refuse anything a C int parameter could not be (see the module docstring).  ``head``
+    is the call as the message shows it, up to the offending argument."""
+    if type(n) is not int:
+        raise ModelUsageError(f"{head}{n!r}): {what} is a C int; a {type(n).__name__} is not one")
+    if not INT_MIN <= n <= INT_MAX:
+        raise ModelUsageError(
+            f"{head}{n}): {what} is a C int, from INT_MIN to INT_MAX ({INT_MIN}..{INT_MAX}); "
+            f"{n} does not fit"
+        )
+
+
 class Refcount:
     """``Refcount(kernel, n)``: a refcount_t set to ``n``."""
 
@@ -57,8 +81,11 @@ class Refcount:
 
     def __init__(self, kernel: Kernel, n: int = 0) -> None:
         self.kernel = kernel
-        self.refs = n
+        self.refs = 0
         self.container: Any = None
+        if type(n) is not int or not INT_MIN <= n <= INT_MAX:
+            _check_int("Refcount(kernel, ", "the counter of a refcount_t", n)
+        self.refs = n
         note_created(kernel.sched, self)
 
     # -- the WARN -------------------------------------------------------------------------
@@ -76,6 +103,8 @@ class Refcount:
     # -- plain access ---------------------------------------------------------------------
 
     def refcount_set(self, n: int) -> None:
+        if type(n) is not int or not INT_MIN <= n <= INT_MAX:
+            _check_int(f"refcount_set({self!r}, ", "the counter of a refcount_t", n)
         s = self.kernel.sched
         if s is not None:
             s.point("refcount_set", self)
@@ -94,6 +123,8 @@ class Refcount:
     def refcount_add(self, i: int = 1) -> None:
         """Add ``i``.  From 0: saturate + 'addition on 0'.  Past INT_MAX or from a negative
         (saturated) value: saturate + 'saturated; leaking memory'."""
+        if type(i) is not int or not INT_MIN <= i <= INT_MAX:
+            _check_int(f"refcount_add({self!r}, ", "the amount i", i)
         k = self.kernel
         s = k.sched
         if s is not None:
@@ -101,16 +132,10 @@ class Refcount:
         if k.smp:
             with k.atomic_lock:
                 old = self.refs
-                new = old + i
-                if new > INT_MAX:
-                    new -= _WRAP
-                self.refs = new
+                self.refs = new = _wrap(old + i)
         else:
             old = self.refs
-            new = old + i
-            if new > INT_MAX:
-                new -= _WRAP
-            self.refs = new
+            self.refs = new = _wrap(old + i)
         if not old:
             self.refcount_warn_saturate(REFCOUNT_ADD_UAF)
         elif old < 0 or new < 0:
@@ -137,6 +162,8 @@ class Refcount:
     def refcount_add_not_zero(self, i: int = 1) -> bool:
         """Add ``i`` unless the counter is 0 (then change nothing and return False).  A result
         past INT_MAX saturates and WARNs, but still returns True."""
+        if type(i) is not int or not INT_MIN <= i <= INT_MAX:
+            _check_int(f"refcount_add_not_zero({self!r}, ", "the amount i", i)
         k = self.kernel
         s = k.sched
         if s is not None:
@@ -145,18 +172,14 @@ class Refcount:
             with k.atomic_lock:
                 old = self.refs
                 if old:
-                    new = old + i
-                    self.refs = new - _WRAP if new > INT_MAX else new
+                    self.refs = _wrap(old + i)
         else:
             old = self.refs
             if old:
-                new = old + i
-                self.refs = new - _WRAP if new > INT_MAX else new
+                self.refs = _wrap(old + i)
         if not old:
             return False
-        new = old + i
-        if new > INT_MAX:
-            new -= _WRAP
+        new = _wrap(old + i)
         if old < 0 or new < 0:
             self.refcount_warn_saturate(REFCOUNT_ADD_NOT_ZERO_OVF)
         return True
@@ -186,6 +209,8 @@ class Refcount:
     def refcount_sub_and_test(self, i: int = 1) -> bool:
         """Subtract ``i``; True when this hit exactly zero.  Going below zero (or from a
         saturated value) saturates and WARNs 'underflow; use-after-free', returning False."""
+        if type(i) is not int or not INT_MIN <= i <= INT_MAX:
+            _check_int(f"refcount_sub_and_test({self!r}, ", "the amount i", i)
         k = self.kernel
         s = k.sched
         if s is not None:
@@ -193,16 +218,10 @@ class Refcount:
         if k.smp:
             with k.atomic_lock:
                 old = self.refs
-                new = old - i
-                if new < INT_MIN:
-                    new += _WRAP
-                self.refs = new
+                self.refs = new = _wrap(old - i)
         else:
             old = self.refs
-            new = old - i
-            if new < INT_MIN:
-                new += _WRAP
-            self.refs = new
+            self.refs = new = _wrap(old - i)
         hb = k.hb
         if hb is not None:
             t = k.current()

@@ -176,7 +176,7 @@ def run(
                 ablation=ablation,
                 traces=traces,
                 full_trace=full_trace,
-                bound=1 if bound == 2 else bound,
+                bound=bound,
                 reduction=reduction,
                 max_schedules=max_schedules,
             )

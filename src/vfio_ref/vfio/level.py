@@ -118,14 +118,20 @@ class Level:
         if name in structs:
             obj = structs[name]
             return obj, obj
+        if name.startswith("_") and name not in DUNDER_NAMES:
+            return None  # the model's own helpers and Python's dunders are not kernel functions
         for c in cls.__mro__:
+            if c is Level or c is object:
+                break
             if name.startswith("__"):
                 attr = f"_{c.__name__.lstrip('_')}{name}"
             else:
                 attr = name
             if attr in c.__dict__:
                 fn = c.__dict__[attr]
-                if getattr(fn, "_removed_by", None):
+                # Only a function is a kernel function: LEVEL, TITLE, STRUCTS, REMOVED and the
+                # classmethods here are the level's own bookkeeping.
+                if not inspect.isfunction(fn) or getattr(fn, "_removed_by", None):
                     return None
                 return c, fn
         return None
