@@ -21,6 +21,8 @@ EBUSY: Final = 16
 EEXIST: Final = 17
 ENODEV: Final = 19
 EINVAL: Final = 22
+ENFILE: Final = 23
+EMFILE: Final = 24
 ENOTTY: Final = 25
 ENOSPC: Final = 28
 
@@ -39,6 +41,8 @@ ERRNO_NAMES: Final[dict[int, str]] = {
     EEXIST: "EEXIST",
     ENODEV: "ENODEV",
     EINVAL: "EINVAL",
+    ENFILE: "ENFILE",
+    EMFILE: "EMFILE",
     ENOTTY: "ENOTTY",
     ENOSPC: "ENOSPC",
 }
