@@ -13,6 +13,7 @@ EPERM: Final = 1
 ENOENT: Final = 2
 EINTR: Final = 4
 ENXIO: Final = 6
+E2BIG: Final = 7
 EBADF: Final = 9
 EAGAIN: Final = 11
 ENOMEM: Final = 12
@@ -33,6 +34,7 @@ ERRNO_NAMES: Final[dict[int, str]] = {
     ENOENT: "ENOENT",
     EINTR: "EINTR",
     ENXIO: "ENXIO",
+    E2BIG: "E2BIG",
     EBADF: "EBADF",
     EAGAIN: "EAGAIN",
     ENOMEM: "ENOMEM",
