@@ -58,7 +58,9 @@ def test_the_table_has_one_row_per_function_and_a_known_status() -> None:
 
 
 @pytest.mark.parametrize(("name", "levels", "status"), [(n, lv, s) for n, lv, s, _ in ROWS], ids=[r[0] for r in ROWS])
-def test_each_function_is_defined_at_exactly_the_levels_the_table_names(name: str, levels: set[str], status: str) -> None:
+def test_each_function_is_defined_at_exactly_the_levels_the_table_names(
+    name: str, levels: set[str], status: str
+) -> None:
     for level in LEVELS:
         defined = level_class(level).resolve(name) is not None
         assert defined == (level in levels), f"{name} at {level}: the table says {status} at {sorted(levels)}"
