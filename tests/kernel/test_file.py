@@ -233,3 +233,18 @@ def test_in_every_interleaving_release_runs_once_and_never_inside_the_ioctl() ->
         # fdput is the last one
         (0, 0, ("open", "ioctl SET in", "ioctl SET out (state)", "release(state)")),
     }
+
+
+def test_an_ioctl_argument_the_model_refuses_gives_the_calls_reference_back(k: Kernel) -> None:
+    drv = Driver(k)
+    fd = open_fd(k, drv)
+
+    def refuse() -> None:
+        raise ModelUsageError("CMD takes an int")
+
+    drv.during_ioctl = refuse
+    with pytest.raises(ModelUsageError):
+        ksys_ioctl(k, fd, "CMD", "x")
+    f = current_files(k).lookup_fd_raw(fd)
+    assert f is not None and f.f_count.atomic_read() == 1  # only the table's reference
+    assert close_fd(k, fd) == 0 and f.closed

@@ -340,6 +340,22 @@ def test_a_kernel_bug_reaching_a_platform_call_is_recorded_and_teardown_is_refus
     assert text.startswith("teardown() after the kernel oopsed (kernel BUG in vfio_iommu_group_notifier")
 
 
+def test_the_new_user_space_calls_name_what_they_expect(platform: Platform) -> None:
+    assert platform.bind("d0") == 0
+    g, _ = platform.use_group("d0")
+    assert "takes a device name" in error_of(lambda: platform.open_device(g, 3))  # type: ignore[arg-type]
+    assert "takes an int" in error_of(lambda: platform.ioctl(g, "VFIO_GROUP_SET_CONTAINER", "c"))
+    assert "expected the eventfd" in error_of(lambda: platform.wait_request(None))  # type: ignore[arg-type]
+    assert "expected the vfio_device" in error_of(lambda: platform.device_put(None))  # type: ignore[arg-type]
+    text = error_of(lambda: platform.set_kvm(object(), None))
+    assert "only on a group it holds as an external user" in text
+    assert platform.request_eventfd(g) == -25  # a group fd has no VFIO_DEVICE_SET_IRQS: -ENOTTY
+    text = error_of(lambda: platform.register_group_notifier("d9"))
+    assert text == "no device 'd9' on this platform (devices: d0)"
+    platform.teardown()
+    assert platform.k.leaks() == [] and platform.k.warnings == []
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=AttributeError,

@@ -291,7 +291,13 @@ def ksys_ioctl(k: Kernel, fd: int, cmd: Any, arg: Any = 0) -> Any:
     f = fdget(k, fd)
     if f.file is None:
         return -EBADF
-    error = vfs_ioctl(f.file, cmd, arg)
+    try:
+        error = vfs_ioctl(f.file, cmd, arg)
+    except ModelUsageError:
+        # An argument the model cannot take (of the wrong type), refused before the driver
+        # changed anything: give the call's reference back, so the misuse changes nothing.
+        fdput(f)
+        raise
     fdput(f)
     return error
 

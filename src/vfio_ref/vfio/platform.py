@@ -586,6 +586,9 @@ class Platform:
 
     @_kernel_entry
     def device_put(self, device: VfioDevice) -> None:
+        """Drop a reference device_get_from_dev took (vfio_device_put)."""
+        if not isinstance(device, VfioDevice):
+            raise ModelUsageError(f"device_put({device!r}): expected the vfio_device device_get_from_dev returned")
         self.vfio.vfio_device_put(device)
 
     def _notifier_user(self, dev: str) -> GroupNotifierUser:
