@@ -194,6 +194,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         progress=not args.json,
         max_schedules=args.max_schedules,
         check_reduction=args.check_reduction,
+        include_unreachable=args.include_unreachable,
     )
     interrupted = any(s.interrupted for s in v.stats)
     if args.json:
@@ -372,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--check-reduction", action="store_true", help="also run the plain search and compare the outcomes"
     )
+    e.add_argument(
+        "--include-unreachable",
+        action="store_true",
+        help="fault_sweep: also fail the points no 5.15/5.16 kernel can fail (their findings say so)",
+    )
     e.set_defaults(fn=cmd_explore)
 
     s = sub.add_parser("show", help="the effective source of a modelled function or struct at a level")
@@ -503,6 +509,8 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
             if opt in given and (args.random or args.replay is not None):
                 mode = "--random (PCT) does not" if args.random else "--replay runs one schedule and does not"
                 _refuse(f"--{opt.replace('_', '-')} applies to the systematic search only: {mode} use it")
+        if args.include_unreachable and args.scenario != "fault_sweep":
+            _refuse("--include-unreachable applies to fault_sweep only: it adds failure points to the sweep")
         if args.check_reduction and args.no_reduction:
             _refuse("--check-reduction compares the reduced search with the plain one: it needs the reduction")
         if args.full_trace and args.no_trace:

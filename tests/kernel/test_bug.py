@@ -15,7 +15,7 @@ import pytest
 
 import vfio_ref
 from vfio_ref.kernel import Kernel, KernelBug
-from vfio_ref.kernel.bug import BUG, BUG_ON, WARN, WARN_ON, WARN_ON_ONCE, WARN_ONCE, dev_WARN
+from vfio_ref.kernel.bug import BUG, BUG_ON, WARN, WARN_ON, WARN_ON_ONCE, WARN_ONCE, deref, dev_WARN
 
 _FAKE_FILE = os.path.join(os.path.dirname(vfio_ref.__file__), "vfio", "_test_fake_level.py")
 _FAKE_SRC = '''
@@ -34,8 +34,11 @@ def vfio_group_put(k, busy):
 
 def vfio_dev_viable(k, bound):
     BUG_ON(k, bound, "drv && vfio_dev_driver_allowed(dev, drv)")
+
+def vfio_device_fops_release(k, dev_set):
+    return deref(k, dev_set, "device->dev_set->lock")
 '''
-model: dict[str, Any] = {"WARN_ON": WARN_ON, "WARN_ON_ONCE": WARN_ON_ONCE, "BUG_ON": BUG_ON}
+model: dict[str, Any] = {"WARN_ON": WARN_ON, "WARN_ON_ONCE": WARN_ON_ONCE, "BUG_ON": BUG_ON, "deref": deref}
 exec(compile(_FAKE_SRC, _FAKE_FILE, "exec"), model)
 SITE_PREFIX = "vfio_ref/vfio/_test_fake_level.py:"
 
@@ -184,3 +187,14 @@ def test_two_once_sites_with_one_text_in_one_function_each_print_once(k: Kernel)
     vfio_group_fops_release(k, True, True)
     assert [w.printed for w in k.warnings] == [True, True, False, False]
     assert len({w.site for w in k.warnings}) == 2
+
+
+def test_a_null_dereference_oopses_naming_the_expression(k: Kernel) -> None:
+    assert model["vfio_device_fops_release"](k, "set") == "set"
+    with pytest.raises(KernelBug) as e:
+        model["vfio_device_fops_release"](k, None)
+    assert e.value.message.startswith(
+        "BUG: kernel NULL pointer dereference in vfio_device_fops_release: device->dev_set->lock ["
+    )
+    assert SITE_PREFIX in e.value.message
+    assert k.warnings == []

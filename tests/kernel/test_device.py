@@ -248,6 +248,26 @@ def test_a_duplicate_name_in_a_class_is_eexist_and_the_caller_keeps_its_referenc
     assert device_add(third) == 0
 
 
+def test_two_class_less_devices_of_one_parent_cannot_share_a_name(k: Kernel) -> None:
+    first = new_device(k, "0000:00:01.0")
+    assert device_add(first) == 0
+    rel = Releases()
+    second = new_device(k, "0000:00:01.0", release=rel)
+    assert device_add(second) == -EEXIST
+    assert "sysfs: cannot create duplicate filename '/devices/0000:00:01.0'" in k.log
+    assert refs(second) == 1 and not second.added
+    put_device(second)
+    assert rel.calls == [second]
+    parent = new_device(k, "pci0000:00")
+    assert device_add(parent) == 0
+    child = new_device(k, "0000:00:01.0")
+    child.parent = parent
+    assert device_add(child) == 0  # another directory: /devices/pci0000:00/0000:00:01.0
+    device_del(first)
+    again = new_device(k, "0000:00:01.0")
+    assert device_add(again) == 0  # the name is free once the first is gone
+
+
 def test_the_same_name_in_two_classes_is_fine(k: Kernel) -> None:
     a, b = new_class(k, "a"), new_class(k, "b")
     da, db = new_device(k, "x"), new_device(k, "x")

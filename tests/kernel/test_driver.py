@@ -29,7 +29,7 @@ from vfio_ref.kernel.driver import (
     device_is_bound,
     device_release_driver,
 )
-from vfio_ref.kernel.errno import EAGAIN, EBUSY, EINVAL, ENODEV, ENOMEM, IS_ERR, PTR_ERR
+from vfio_ref.kernel.errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENODEV, ENOMEM, IS_ERR, PTR_ERR
 from vfio_ref.kernel.iommu import (
     IOMMU_GROUP_NOTIFY_ADD_DEVICE,
     IOMMU_GROUP_NOTIFY_BIND_DRIVER,
@@ -152,6 +152,15 @@ def test_bus_add_device_failures_return_err_ptr_and_leak_nothing(k: Kernel, bus:
     assert [p.name for p in k.fault_inject.injected] == [
         "kzalloc@bus_add_device", "dev_set_name@bus_add_device", "device_add@bus_add_device",
     ]
+
+
+def test_a_second_device_of_the_same_name_is_eexist_and_leaks_nothing(k: Kernel, bus: Bus) -> None:
+    first = device(k, bus, "0000:00:01.0")
+    dup = bus_add_device(k, bus, "0000:00:01.0")
+    assert IS_ERR(dup) and PTR_ERR(dup) == -EEXIST
+    assert bus.devices == [first]
+    bus_remove_device(first)
+    assert k.leaks() == []
 
 
 def test_bus_remove_device_frees_it(k: Kernel, bus: Bus) -> None:

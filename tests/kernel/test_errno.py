@@ -26,7 +26,7 @@ from vfio_ref.kernel.errno import (
 def test_errno_values_are_the_kernels() -> None:
     assert (EPERM, ENOMEM, EBUSY, EEXIST, ENODEV, EINVAL, ENOSPC) == (1, 12, 16, 17, 19, 22, 28)
     assert (errno.ENOENT, errno.EINTR, errno.ENXIO, errno.EBADF, errno.EAGAIN) == (2, 4, 6, 9, 11)
-    assert (errno.EFAULT, errno.ENOTTY) == (14, 25)
+    assert (errno.E2BIG, errno.EFAULT, errno.ENFILE, errno.EMFILE, errno.ENOTTY) == (7, 14, 23, 24, 25)
     assert MAX_ERRNO == 4095
 
 

@@ -108,3 +108,33 @@ def test_a_sweep_fails_each_point_in_turn() -> None:
         k.fault_inject.fail_nth(i)
         outcomes.append(run_calls(k))
     assert outcomes == [[False, True, True], [True, False, True], [True, True, False]]
+
+
+# -- which points the kernel can fail --------------------------------------------------
+
+
+def test_a_notifier_registration_cannot_fail_in_5_15_but_an_allocation_can() -> None:
+    from vfio_ref.kernel.fault import FAULT_KINDS, UNREACHABLE_NOTE, can_fail, fault_kind
+
+    assert can_fail("kzalloc@vfio_create_group")
+    assert can_fail("ida_alloc@vfio_group_alloc")
+    assert not can_fail("notifier_register@iommu_group_register_notifier")
+    assert not can_fail("notifier_register@vfio_register_group_notifier")
+    assert "always returns 0" in fault_kind("notifier_register@x").why
+    assert UNREACHABLE_NOTE == "unreachable in 5.15/5.16"
+    # every kind the substrate injects is classified
+    assert {"kzalloc", "kmalloc", "ida_alloc", "idr_alloc", "dev_set_name", "device_add", "cdev_add",
+            "alloc_chrdev_region", "register_chrdev_region", "iommu_group_set_name",
+            "anon_inode_getfile", "notifier_register"} == set(FAULT_KINDS)
+
+
+def test_the_sweepable_points_leave_out_the_unreachable_ones_unless_asked(k: Kernel) -> None:
+    from vfio_ref.kernel.fault import sweepable
+
+    fi = k.fault_inject
+    fi.should_fail("kzalloc", "vfio_create_group")
+    fi.should_fail("notifier_register", "iommu_group_register_notifier")
+    fi.should_fail("ida_alloc", "vfio_group_alloc")
+    assert [p.reachable for p in fi.points] == [True, False, True]
+    assert [p.name for p in sweepable(fi.points)] == ["kzalloc@vfio_create_group", "ida_alloc@vfio_group_alloc"]
+    assert [p.seq for p in sweepable(fi.points, include_unreachable=True)] == [1, 2, 3]

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from vfio_ref.explorer import Execution, RawFinding, explore
 from vfio_ref.kernel import Deadlock, Kernel, Mutex, RWSemaphore, Task
 
 
@@ -110,8 +111,8 @@ def test_recursive_write_is_reported_and_deadlocks(k: Kernel) -> None:
 
 
 def test_recursive_read_is_reported_but_succeeds(k: Kernel) -> None:
-    # The kernel's rwsem can deadlock here only if a writer queues in between; lockdep
-    # reports it regardless.  The model (no writer fairness) lets the second read in.
+    # The kernel's rwsem can deadlock here only if a writer queues in between (see below);
+    # lockdep reports it regardless.
     sem = RWSemaphore(k, "&nh->rwsem")
     sem.down_read()
     sem.down_read()
@@ -149,3 +150,118 @@ def test_a_writer_blocked_forever_by_a_reader_becomes_a_deadlock() -> None:
     [f] = k.run_threads(sem.down_write, names=("writer",))
     assert isinstance(f, Deadlock)
     assert "reader" in f.message
+
+
+# -- a waiting writer blocks the readers that come after it ------------------------------
+
+
+def test_a_waiting_writer_blocks_a_new_reader_until_it_has_had_its_turn(k: Kernel) -> None:
+    sem = RWSemaphore(k, "&container->group_lock")
+    events: list[str] = []
+    writer_task: list[Task] = []
+    reader2_task: list[Task] = []
+
+    def reader1() -> None:
+        sem.down_read()
+        events.append("reader1 in")
+        wait_until_blocked(writer_task, sem)  # the writer queued behind us
+        wait_until_blocked(reader2_task, sem)  # and the second reader queued behind it
+        events.append("reader1 out")
+        sem.up_read()
+
+    def writer() -> None:
+        writer_task.append(k.current())
+        while not events:
+            time.sleep(0.001)
+        sem.down_write()
+        events.append("writer in")
+        sem.up_write()
+
+    def reader2() -> None:
+        wait_until_blocked(writer_task, sem)
+        reader2_task.append(k.current())
+        sem.down_read()  # the semaphore is only read-held, but a writer waits: queue
+        events.append("reader2 in")
+        sem.up_read()
+
+    assert k.run_threads(reader1, writer, reader2) == []
+    assert events == ["reader1 in", "reader1 out", "writer in", "reader2 in"]
+    assert sem.wait_list == [] and sem.readers == {} and sem.writer is None
+
+
+def test_readers_queued_together_get_in_together_after_the_writer(k: Kernel) -> None:
+    sem = RWSemaphore(k, "&nh->rwsem")
+    inside = threading.Barrier(2, timeout=2)
+    sem.down_write()
+    tasks: list[Task] = []
+
+    def reader() -> None:
+        tasks.append(k.current())
+        sem.down_read()
+        inside.wait()  # both readers hold it at once
+        sem.up_read()
+
+    th = threading.Thread(target=lambda: k.run_threads(reader, reader))
+    th.start()
+    deadline = time.monotonic() + 2
+    while len(sem.wait_list) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    sem.up_write()
+    th.join(2)
+    assert not th.is_alive() and sem.readers == {} and sem.wait_list == []
+
+
+def test_a_second_read_deadlocks_when_a_writer_queued_in_between(k: Kernel) -> None:
+    sem = RWSemaphore(k, "&nh->rwsem")
+    writer_task: list[Task] = []
+    results: list[str] = []
+
+    def reader() -> None:
+        sem.down_read()
+        wait_until_blocked(writer_task, sem)
+        try:
+            sem.down_read()  # behind the waiting writer, which waits for us
+        except Deadlock as e:
+            results.append(str(e))
+        sem.up_read()
+
+    def writer() -> None:
+        writer_task.append(k.current())
+        sem.down_write()
+        sem.up_write()
+
+    assert k.run_threads(reader, writer) == []
+    [msg] = results
+    assert msg.startswith("deadlock:") and "down_read" in msg
+    assert [r.kind for r in k.lockdep_reports] == ["recursive"]
+
+
+def _read_twice_with_a_writer(ctx: Execution) -> None:
+    sem = RWSemaphore(ctx.kernel, "&nh->rwsem")
+
+    def reader() -> None:
+        sem.down_read()
+        sem.down_read()
+        sem.up_read()
+        sem.up_read()
+
+    def writer() -> None:
+        sem.down_write()
+        sem.up_write()
+
+    t1, t2 = ctx.spawn("R", reader), ctx.spawn("W", writer)
+    ctx.join(t1, t2)
+
+
+def _deadlocks_only(ctx: Execution) -> list[RawFinding]:
+    dl = ctx.deadlock
+    return [] if dl is None else [RawFinding("deadlock", str(dl), "deadlock")]
+
+
+def test_the_explorer_finds_the_writer_that_queues_between_two_reads() -> None:
+    ex = explore(_read_twice_with_a_writer, _deadlocks_only, bound=2, traces=False)
+    assert [f.kind for f in ex.findings] == ["deadlock"]
+    assert "R: blocked in down_read(&nh->rwsem) held by R" in ex.findings[0].detail
+    assert "W: blocked in down_write(&nh->rwsem) held by R" in ex.findings[0].detail
+    assert explore(_read_twice_with_a_writer, _deadlocks_only, bound=0, traces=False).clean

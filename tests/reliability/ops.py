@@ -104,6 +104,12 @@ UNBOUND_WARN = ("vfio_unregister_group_dev", "!unbound")
 #    unnamed).
 WARN_ONLY_POINTS = {"kzalloc@vfio_unregister_group_dev": UNBOUND_WARN}
 IGNORED_POINTS = frozenset({"kzalloc@vfio_assign_device_set", "iommu_group_set_name@vfio_noiommu_group_alloc"})
+# Injected failures after which the kernel oopses: a 5.15/5.16 bug the failure exposes, with
+# the start of the fault's message.  __vfio_register_dev ignores vfio_assign_device_set()'s
+# failure, so the device has no device set, and opening its device fd dereferences it.
+OOPS_POINTS: dict[str, str] = {
+    "kzalloc@vfio_assign_device_set": "BUG: kernel NULL pointer dereference in vfio_group_get_device_fd",
+}
 # Points of building the machine, which is not what the oracle specifies: adding an iommu
 # group or a device (the platform raises ModelUsageError when they fail), and registering
 # the type1 IOMMU driver (module loading: when it fails, SET_IOMMU finds no driver, -ENODEV).

@@ -173,6 +173,22 @@ def test_the_explorers_reduction_loses_no_outcome(level: str, name: str) -> None
     assert reduced == plain
 
 
+WHAT_USER_SPACE_HOLDS = ("device_fd_vs_unbind", "ioctl_vs_close", "device_fd_vs_group_close")
+
+
+def test_the_cross_check_covers_the_scenarios_of_what_user_space_holds() -> None:
+    assert set(WHAT_USER_SPACE_HOLDS) <= set(CONCURRENT)
+
+
+def test_the_reduction_loses_no_outcome_of_a_notifier_left_registered_at_the_base() -> None:
+    """Sequential in itself, the scenario is concurrent at the base: the notifier's deferred
+    puts run on a kworker, and the last one may run the release that WARNs."""
+    sc = SCENARIOS["notifier_left_registered"]
+    plain = explored(sc.fn, "base")
+    assert plain[1] == ["warn"]
+    assert explored(sc.fn, "base", reduction=True) == plain
+
+
 @pytest.mark.parametrize("name", EXPLORED)
 def test_patch2_and_patch1_see_the_same_outcomes_in_every_interleaving(name: str) -> None:
     sc = SCENARIOS[name]

@@ -277,3 +277,44 @@ def test_flush_scheduled_work_waits_for_the_work_it_flushes() -> None:
         p.remove_device(f"x{i}")
         flush_scheduled_work(v.k)
         i += 1
+
+
+IOCTL_VS_CLOSE_RUNS = 1000 if LONG else 300
+
+
+@pytest.mark.parametrize("level", ["base", "p1", "p2", "p3", "p4", "p5"])
+def test_an_ioctl_racing_a_close_of_its_descriptor_is_clean_with_real_threads(level: str) -> None:
+    """VFIO_GROUP_SET_CONTAINER on a group fd while another thread closes that fd, with real
+    threads: the ioctl runs under fdget, so the group file's release waits for it (it runs
+    at the ioctl's fdput) or ran before the ioctl looked the descriptor up (-EBADF).
+    Nothing dies, nothing hangs, nothing is left in the container, nothing leaks."""
+    from collections import Counter
+
+    from vfio_ref.kernel.errno import EBADF
+    from vfio_ref.vfio import REVIEW_FIX_LEVELS
+
+    a = "0000:00:01.0"
+    outcomes: Counter[tuple[int, int]] = Counter()
+    for _ in range(IOCTL_VS_CLOSE_RUNS):
+        v = boot(level, review_fixes=level in REVIEW_FIX_LEVELS, hang_timeout=HANG_TIMEOUT)
+        p = Platform(v)
+        p.add_group("g0")
+        p.add_device(a, "g0")
+        assert p.bind(a) == 0
+        g, c = p.open_group(a), p.open_container()
+        assert isinstance(g, File) and isinstance(c, File)
+        res: dict[str, int] = {}
+        faults = v.k.run_threads(
+            lambda: res.__setitem__("set", p.set_container(g, c)),  # noqa: B023
+            lambda: res.__setitem__("close", p.close(g)),  # noqa: B023
+        )
+        assert faults == []
+        assert p.close(c) == 0
+        p.unbind(a)  # would wait forever for a group left in its container
+        p.teardown()
+        k = v.k
+        assert (k.warnings, k.leaks(), k.faults, k.lockdep_reports) == ([], [], [], [])
+        outcomes[(res["set"], res["close"])] += 1
+    note_figure("ioctl/close races run", IOCTL_VS_CLOSE_RUNS)
+    assert set(outcomes) <= {(0, 0), (-EBADF, 0)}
+    assert outcomes[(0, 0)] > 0

@@ -11,7 +11,7 @@ from functools import cache
 import pytest
 
 from vfio_ref import LEVELS
-from vfio_ref.kernel.errno import EBUSY, EPERM
+from vfio_ref.kernel.errno import EBADF, EBUSY, EINVAL, ENODEV, EPERM
 from vfio_ref.scenarios import SCENARIO_NAMES, SCENARIOS, Verdict, run
 from vfio_ref.vfio import REVIEW_FIX_LEVELS
 
@@ -45,6 +45,10 @@ def test_the_catalogue_is_the_one_in_the_design() -> None:
         "lookup_vs_last_put",
         "fault_sweep",
         "minor_reuse",
+        "device_fd_vs_unbind",
+        "ioctl_vs_close",
+        "device_fd_vs_group_close",
+        "notifier_left_registered",
     )
 
 
@@ -171,6 +175,72 @@ def test_patch_5s_open_fails_with_enodev_or_enxio_when_it_loses_to_the_last_put(
     ex = explore(program, judge, bound=2, traces=False)  # type: ignore[arg-type]
     assert ex.clean
     assert seen == {0, -ENODEV, -ENXIO}
+
+
+# -- what user space holds: descriptors, the device fd, the group's other users --------------
+
+
+def _outcomes(name: str, level: str, what: str) -> set[int]:
+    """Every value ``what`` was observed to return, over all interleavings (bound 2)."""
+    from vfio_ref.explorer import explore
+    from vfio_ref.scenarios.harness import judge_execution, make_program
+
+    seen: set[int] = set()
+
+    def judge(exe: object) -> list[object]:
+        ctx = exe.data["ctx"]  # type: ignore[attr-defined]
+        seen.update(ctx.observations.get(what, []))
+        return judge_execution(exe)  # type: ignore[arg-type]
+
+    program = make_program(
+        SCENARIOS[name].fn, level, review_fixes=level in REVIEW_FIX_LEVELS, ablation=None, noiommu=False
+    )
+    ex = explore(program, judge, bound=2, traces=False)  # type: ignore[arg-type]
+    assert ex.clean and ex.stats.exhausted
+    return seen
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_an_ioctl_racing_a_close_of_its_fd_is_clean_and_never_sees_release_run_under_it(level: str) -> None:
+    """SET_CONTAINER runs under fdget: the close either comes first (the ioctl's fdget finds
+    no file: -EBADF) or drops the table's reference only, and the ioctl's fdput runs the
+    release, which takes the group out of the container it just joined."""
+    v = fixed("ioctl_vs_close", level)
+    assert v.clean, [str(f) for f in v.findings]
+    assert _outcomes("ioctl_vs_close", level, "set_container") == {0, -EBADF}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_last_container_user_leaving_through_either_fd_is_clean(level: str) -> None:
+    v = fixed("device_fd_vs_group_close", level)
+    assert v.clean, [str(f) for f in v.findings]
+    assert v.observations == {"bind": [0], "device_fd": [0], "close_device_fd": [0], "close_group_fd": [0]}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_an_unbind_with_a_device_fd_open_asks_user_space_and_waits_for_it(level: str) -> None:
+    v = fixed("device_fd_vs_unbind", level)
+    assert v.clean, [str(f) for f in v.findings]
+    assert v.observations["request"] == [1]  # the driver relayed one request
+    assert v.observations["close_device_fd"] == [0] and v.observations["close_group_fd"] == [0]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_group_notifier_left_registered_meets_the_kernels_two_warns(level: str) -> None:
+    """The reopen WARNs in vfio_group_fops_open (and drops the stale notifier); the one
+    registered again and never unregistered WARNs when the group goes: in vfio_group_release
+    up to patch 3, in vfio_group_put from patch 4 (which merged the release into it)."""
+    v = fixed("notifier_left_registered", level)
+    put = "vfio_group_put" if level in ("p4", "p5") else "vfio_group_release"
+    assert sorted((f.kind, f.detail.split(" (call trace")[0]) for f in v.findings) == [
+        ("warn", "WARN in vfio_group_fops_open: group->notifier.head"),
+        ("warn", f"WARN in {put}: group->notifier.head"),
+    ]
+    assert v.observations["register"] == [0] and v.observations["register_again"] == [0]
+    assert v.observations["heard"] == [2]  # KVM attached and detached
+    # the group is gone (-ENODEV), or at the base its last reference is still a pending
+    # deferred put, and nobody uses its container any more (-EINVAL)
+    assert v.observations["unregister_after_the_group_went"] == [-EINVAL if level == "base" else -ENODEV]
 
 
 # -- findings replay ------------------------------------------------------------------------

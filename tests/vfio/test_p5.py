@@ -68,6 +68,35 @@ def test_an_open_in_flight_keeps_the_group_alive_after_cdev_device_del() -> None
     assert m.warnings() == [] and m.k.leaks() == [] and m.k.faults == []
 
 
+def test_a_node_whose_inode_cached_the_cdev_reopens_through_it_and_open_says_enodev() -> None:
+    """Open the same node twice: the first open cached the group's cdev in the node's inode
+    (i_cdev).  After cdev_device_del, while something still holds the cdev (an open in
+    flight here), the second open skips the map and reaches vfio_group_fops_open, which
+    refuses the dying group with -ENODEV; a node opened for the first time finds nothing
+    mapped and gets -ENXIO from chrdev_open."""
+    m = machine("p5")
+    m.p.bind(A)
+    devt = m.p.group_devt(A)
+    f = m.p.open_devt(devt)
+    assert isinstance(f, File)
+    node = f.f_inode
+    m.p.close(f)
+    assert node.i_cdev is not None  # still cached: the cdev lives (the group does)
+    held = kobj_lookup(m.k, devt)  # an open in flight holds the cdev
+    assert held is node.i_cdev
+    m.p.unbind(A)  # the last put: cdev_device_del, put_device
+    assert m.p.open_devt(devt) == -ENODEV  # the same node: through i_cdev to ->open
+    fresh = Inode(m.k, devt, "/tmp/mknod-again")
+    from vfio_ref.kernel.cdev import vfs_open_inode
+
+    assert vfs_open_inode(m.k, fresh) == -ENXIO  # a fresh inode looks the number up
+    cdev_put(held)  # the last cdev reference: the group is freed, the inode forgets it
+    assert node.i_cdev is None
+    assert m.p.open_devt(devt) == -ENXIO
+    m.p.teardown()
+    assert m.warnings() == [] and m.k.leaks() == [] and m.k.faults == []
+
+
 def test_an_open_file_keeps_the_group_alive_and_its_release_frees_it() -> None:
     m = machine("p5")
     m.p.bind(A)

@@ -11,9 +11,11 @@ Every macro returns the condition, so ``if WARN_ON(...):`` reads as in C.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from .core import Kernel, KernelBug, backtrace, model_site
+
+T = TypeVar("T")
 
 
 def WARN_ON(k: Kernel, condition: object, text: str) -> bool:
@@ -75,3 +77,15 @@ def BUG(k: Kernel, message: str) -> None:
     exc.backtrace = backtrace(2)
     k.printk(exc.message)
     raise exc
+
+
+def deref(k: Kernel, ptr: T | None, what: str) -> T:
+    """``ptr`` itself, or, when it is NULL, the oops the kernel takes dereferencing it: a
+    KernelBug "BUG: kernel NULL pointer dereference" naming ``what`` (the C expression)."""
+    if ptr is None:
+        fn, site = model_site(2)
+        exc = KernelBug(f"BUG: kernel NULL pointer dereference in {fn}: {what} [{site}]")
+        exc.backtrace = backtrace(2)
+        k.printk(exc.message)
+        raise exc
+    return ptr

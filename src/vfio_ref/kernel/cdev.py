@@ -51,13 +51,24 @@ fput                                     O(1)
 the cdev's release                       O(inodes still caching it)
 =======================================  =============================================
 
+struct file and its references
+------------------------------
+A :class:`File` is counted by ``f_count`` (an atomic: the kernel's is an atomic_long_t).
+The open that creates it holds the first reference; a descriptor table that installs it
+holds that one (fd_install consumes it), every ``fget``/``fdget`` takes another, ``dup``
+another (see :mod:`.file`).  ``fput`` drops one; only the last runs ``__fput``: the
+driver's ->release, then the cdev reference is dropped.  So an ioctl, which runs under
+``fdget``, can never see ->release run under it, whatever another thread closes.
+
 Deliberate simplifications: modules are not modelled (try_module_get always succeeds,
 module_put and fops_put do nothing, so fops_get fails only for NULL fops); there is no
-request_module for an unmapped number; a file has one reference (no dup/fork), so
-``fput`` is its final put and runs ``__fput`` synchronously (no task_work deferral);
-inodes and files are not slab objects (no fault point, never a leak).  A fresh inode
-made by ``vfs_open_chrdev`` is evicted when its file closes or its open fails, as an
-uncached dentry would be; an inode given to ``vfs_open_inode`` belongs to the caller.
+request_module for an unmapped number; the last ``fput`` runs ``__fput`` at once (the
+kernel defers it to task_work, which runs before the same task returns to user space:
+the same task, the same order, nothing in between that user space can see); inodes and
+files are not slab objects (no fault point, never a leak).  A fresh inode made by
+``vfs_open_chrdev`` is evicted when its file closes or its open fails, as an uncached
+dentry would be; an inode given to ``vfs_open_inode`` belongs to the caller (an inode
+that stays cached, as a device node's does, keeps its ``i_cdev`` between opens).
 """
 
 from __future__ import annotations
@@ -69,6 +80,7 @@ from typing import Any, Final
 
 from sortedcontainers import SortedList
 
+from .atomic import Atomic, atomic_dec_and_test
 from .bug import WARN_ON
 from .core import Kernel, ModelUsageError, caller_outside
 from .device import (
@@ -698,14 +710,18 @@ _OPEN, _CLOSING, _CLOSED = "open", "closing", "closed"
 
 
 class File:
-    """struct file for a char device: ``f_op``, ``private_data``, ``f_inode``.
+    """struct file: ``f_op``, ``private_data``, ``f_inode`` and the reference count
+    ``f_count``.
 
-    It is open from a successful ``vfs_open_*`` until ``fput`` (or ``close()``), which runs
-    the driver's ->release and drops the cdev reference.  Using it afterwards, including
-    a second close, raises ModelUsageError: a struct file is gone after its last fput.
+    It is open from a successful ``vfs_open_*`` (or ``anon_inode_getfile``), holding one
+    reference, until its last ``fput``, which runs the driver's ->release and drops the
+    cdev reference.  Using it afterwards, including a further fput, raises
+    ModelUsageError: a struct file is gone after its last fput.
     """
 
-    __slots__ = ("_f_inode", "_f_op", "_owns_inode", "_private_data", "_state", "kernel", "name")
+    __slots__ = (
+        "_f_inode", "_f_op", "_owns_inode", "_private_data", "_state", "f_count", "kernel", "name",
+    )
 
     def __init__(self, kernel: Kernel, inode: Inode, name: str | None = None) -> None:
         self.kernel = kernel
@@ -714,6 +730,9 @@ class File:
         self._private_data: Any = None
         self._state = _OPEN
         self._owns_inode = False
+        # alloc_empty_file: the opener's reference.
+        self.f_count = Atomic(kernel, 1)
+        self.f_count.container = self
         serial = next(chrdev_state(kernel).file_ids)
         self.name = f"file#{serial} {name if name is not None else inode.name}"
 
@@ -755,7 +774,8 @@ class File:
         return self._state == _CLOSED
 
     def close(self) -> None:
-        """close(2) of the only descriptor: fput."""
+        """Drop the caller's reference (fput): what close(2) does for a file that no
+        descriptor table holds (a table's descriptors are closed with ``close_fd``)."""
         fput(self)
 
     def __repr__(self) -> str:
@@ -869,13 +889,16 @@ def __fput(file: File) -> None:
 
 
 def fput(file: File) -> None:
-    """The file's last reference: call f_op->release, drop the cdev reference, mark the
-    file closed.  A file that is already closed (or closing) is a ModelUsageError."""
+    """Drop one reference; the last one runs ``__fput``: f_op->release, then the cdev
+    reference, and the file is closed.  A file already closed (or closing) is a
+    ModelUsageError: nothing may hold a reference to a struct file after its last fput."""
     if file._state != _OPEN:
         raise ModelUsageError(
             f"fput of {file.name}, which is already {file._state}: a struct file is released once "
             "(close each file exactly once)"
         )
+    if not atomic_dec_and_test(file.f_count):
+        return
     file._state = _CLOSING
     try:
         __fput(file)

@@ -5,8 +5,9 @@ Lifetimes, as in the kernel:
 * ``device_initialize`` gives the device's kobject its first reference; from then on only
   ``put_device`` may free it: the last put calls ``dev.release`` (or the class's
   ``dev_release``), and a device with neither WARNs as the kernel does.
-* ``device_add`` names the device in sysfs (a name must be unique inside its class:
-  a clash is -EEXIST), takes a reference on the parent, and creates the /dev node when the
+* ``device_add`` names the device in sysfs (a name must be unique inside its class, and a
+  device with no class in its parent's directory, /sys/devices for one with no parent: a
+  clash is -EEXIST), takes a reference on the parent, and creates the /dev node when the
   device has a dev_t.  On failure the caller still owns the initialize reference.
 * ``device_del`` undoes device_add; it drops no reference of the caller's.
 * ``device_create`` / ``device_destroy`` wrap it all for a class device with a kfree release.
@@ -245,6 +246,13 @@ def put_device(dev: Device | None) -> None:
         kobject_put(dev.kobj)
 
 
+def _sysfs_dirs(k: Kernel) -> dict[tuple[int, str], Device]:
+    """The sysfs directories of class-less devices, by (parent, name): two devices of one
+    parent (or two with no parent, in /sys/devices) cannot share a name."""
+    dirs: dict[tuple[int, str], Device] = k.state.setdefault("sysfs_devices", {})
+    return dirs
+
+
 def device_add(dev: Device) -> int:
     """Make the device visible: sysfs name, parent references, /dev node for a dev_t.
 
@@ -269,7 +277,17 @@ def device_add(dev: Device) -> int:
         put_device(parent)
         put_device(dev)
         return -EEXIST
+    dirs = _sysfs_dirs(k)
+    key = (id(parent), name)
+    if cls is None and key in dirs:
+        where = f"/devices/{dev_name(parent)}/{name}" if parent is not None else f"/devices/{name}"
+        k.printk(f"sysfs: cannot create duplicate filename '{where}'")
+        put_device(parent)
+        put_device(dev)
+        return -EEXIST
     kobject_add(dev.kobj, parent.kobj if parent is not None else None)
+    if cls is None:
+        dirs[key] = dev
     if cls is not None:
         cls.devices[name] = dev
         if dev.devt:
@@ -297,6 +315,10 @@ def device_del(dev: Device) -> None:
             del cls.devices[name]
         if dev.devt and cls.by_devt.get(dev.devt) is dev:
             del cls.by_devt[dev.devt]
+    else:
+        dirs = _sysfs_dirs(k)
+        if dirs.get((id(parent), name)) is dev:
+            del dirs[(id(parent), name)]
     was_added = dev.added
     dev.added = False
     if dev.kobj.state_in_sysfs:

@@ -13,6 +13,7 @@ EPERM: Final = 1
 ENOENT: Final = 2
 EINTR: Final = 4
 ENXIO: Final = 6
+E2BIG: Final = 7
 EBADF: Final = 9
 EAGAIN: Final = 11
 ENOMEM: Final = 12
@@ -21,6 +22,8 @@ EBUSY: Final = 16
 EEXIST: Final = 17
 ENODEV: Final = 19
 EINVAL: Final = 22
+ENFILE: Final = 23
+EMFILE: Final = 24
 ENOTTY: Final = 25
 ENOSPC: Final = 28
 
@@ -31,6 +34,7 @@ ERRNO_NAMES: Final[dict[int, str]] = {
     ENOENT: "ENOENT",
     EINTR: "EINTR",
     ENXIO: "ENXIO",
+    E2BIG: "E2BIG",
     EBADF: "EBADF",
     EAGAIN: "EAGAIN",
     ENOMEM: "ENOMEM",
@@ -39,6 +43,8 @@ ERRNO_NAMES: Final[dict[int, str]] = {
     EEXIST: "EEXIST",
     ENODEV: "ENODEV",
     EINVAL: "EINVAL",
+    ENFILE: "ENFILE",
+    EMFILE: "EMFILE",
     ENOTTY: "ENOTTY",
     ENOSPC: "ENOSPC",
 }

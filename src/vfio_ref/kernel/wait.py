@@ -6,6 +6,13 @@ Ordering: wake_up and complete are releases, the wait that returns an acquire.
 
 A wait that can never end becomes a :class:`Deadlock`: under the explorer when no thread can
 run, in free-running mode after the kernel's hang timeout (as the hung-task detector).
+
+Under the explorer the scheduler evaluates a wait's condition to decide whether the waiter
+may run; those reads are never the waiter's own accesses (no scheduling point, no
+happens-before record), whichever path of the scheduler evaluates them.  The kernel's last
+check of the condition is ordered after the waker's wake_up (both take the queue's lock);
+its first, unlocked, check races with the waker's write, a benign race the model does not
+report.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def wait_event(wq: WaitQueueHead, condition: Callable[[], bool], *, idle: bool =
     s = k.sched
     t = k.current()
     if s is not None:
-        s.point("wait_event", wq, condition)
+        s.point("wait_event", wq, _evaluated_by(s, condition))
     else:
         cond = wq._cond
         assert cond is not None
@@ -64,6 +71,20 @@ def wait_event(wq: WaitQueueHead, condition: Callable[[], bool], *, idle: bool =
                 wait_free_running(k, t, wq, try_once, "wait_event")
     if k.hb is not None:
         k.hb.acquire(t, wq)
+
+
+def _evaluated_by(s: Any, condition: Callable[[], bool]) -> Callable[[], bool]:
+    """``condition`` as the scheduler's own evaluation: its tracked reads are skipped."""
+
+    def ready() -> bool:
+        prev = getattr(s, "evaluating", False)
+        s.evaluating = True
+        try:
+            return condition()
+        finally:
+            s.evaluating = prev
+
+    return ready
 
 
 def wake_up(wq: WaitQueueHead) -> None:

@@ -289,6 +289,125 @@ def minor_reuse(s: ScenarioContext) -> None:
     p.unbind(A)
 
 
+@scenario(
+    "device_fd_vs_unbind",
+    "the group in use and a device fd open; T1 unbinds the device while T2, user space, answers the "
+    "driver's request by closing the device fd; then the group fd and the container are closed",
+    threads=2,
+)
+def device_fd_vs_unbind(s: ScenarioContext) -> None:
+    p = s.platform
+    p.add_group("g0")
+    p.add_device(A, "g0")
+    s.begin()
+    s.observe("bind", p.bind(A))
+    g, c = p.use_group(A)
+    d = p.open_device(g, A)
+    s.observe("device_fd", d if isinstance(d, int) else 0)
+    if not isinstance(d, File):
+        return
+    req = p.request_eventfd(d)
+    if isinstance(req, int):
+        s.observe("request_eventfd", req)
+        return
+
+    def user() -> None:
+        # user space's request handler: the kernel wants the device back, so let it go
+        s.observe("request", p.wait_request(req))
+        s.observe("close_device_fd", p.close(d))
+
+    t1 = s.spawn("T1", lambda: p.unbind(A))
+    t2 = s.spawn("T2", user)
+    s.join(t2)
+    # the last device of the group is going: the unbind waits for the group to leave its
+    # container, which closing the group fd (its last container user) does
+    s.observe("close_group_fd", p.close(g))
+    p.close(c)
+    s.join(t1)
+
+
+@scenario(
+    "ioctl_vs_close",
+    "A bound to vfio, its group fd and a container open; T1 sets the container through the group fd "
+    "while T2 closes that fd",
+    threads=2,
+)
+def ioctl_vs_close(s: ScenarioContext) -> None:
+    p = s.platform
+    p.add_group("g0")
+    p.add_device(A, "g0")
+    s.begin()
+    s.observe("bind", p.bind(A))
+    g = _open(s, "open")
+    c = p.open_container()
+    s.observe("open_container", c if isinstance(c, int) else 0)
+    if not isinstance(g, File) or not isinstance(c, File):
+        return
+    t1 = s.spawn("T1", lambda: s.observe("set_container", p.set_container(g, c)))
+    t2 = s.spawn("T2", lambda: s.observe("close", p.close(g)))
+    s.join(t1, t2)
+    p.close(c)
+    p.unbind(A)
+
+
+@scenario(
+    "device_fd_vs_group_close",
+    "the group in use and a device fd open (two container users); T1 closes the device fd while T2 "
+    "closes the group fd: whichever is last takes the group out of its container",
+    threads=2,
+)
+def device_fd_vs_group_close(s: ScenarioContext) -> None:
+    p = s.platform
+    p.add_group("g0")
+    p.add_device(A, "g0")
+    s.begin()
+    s.observe("bind", p.bind(A))
+    g, c = p.use_group(A)
+    d = p.open_device(g, A)
+    s.observe("device_fd", d if isinstance(d, int) else 0)
+    if not isinstance(d, File):
+        return
+    t1 = s.spawn("T1", lambda: s.observe("close_device_fd", p.close(d)))
+    t2 = s.spawn("T2", lambda: s.observe("close_group_fd", p.close(g)))
+    s.join(t1, t2)
+    p.close(c)
+    p.unbind(A)
+
+
+@scenario(
+    "notifier_left_registered",
+    "the group in use; a user of the device registers a group notifier (KVM attaches and detaches) and "
+    "never unregisters it: the group file is closed and reopened, then the group goes away with one "
+    "still registered",
+)
+def notifier_left_registered(s: ScenarioContext) -> None:
+    from ..vfio.platform import Kvm
+
+    p = s.platform
+    p.add_group("g0")
+    p.add_device(A, "g0")
+    s.begin()
+    s.observe("bind", p.bind(A))
+    g, c = p.use_group(A)
+    s.observe("register", p.register_group_notifier(A))
+    ext = p.external_user_get(g)
+    s.observe("external_user_get", ext.err if hasattr(ext, "err") else 0)
+    if not hasattr(ext, "err"):
+        p.set_kvm(ext, Kvm("vm0"))
+        p.set_kvm(ext, None)
+        p.external_user_put(ext)
+    s.observe("heard", len(p.heard(A)))
+    # the user of the group closes it; the notifier stays on the group's chain
+    p.close(g)
+    p.close(c)
+    g2, c2 = p.use_group(A)  # the reopen finds the notifier still registered
+    s.observe("register_again", p.register_group_notifier(A))
+    p.close(g2)
+    p.close(c2)
+    p.unbind(A)  # the group goes away with the notifier still registered
+    s.observe("unregister_after_the_group_went", p.unregister_group_notifier(A))
+
+
 def _group_of(s: ScenarioContext, dev: str) -> object:
     from ..vfio.platform import _groups_of
 
@@ -317,4 +436,8 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "lookup_vs_last_put",
     "fault_sweep",
     "minor_reuse",
+    "device_fd_vs_unbind",
+    "ioctl_vs_close",
+    "device_fd_vs_group_close",
+    "notifier_left_registered",
 )

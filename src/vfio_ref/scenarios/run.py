@@ -27,6 +27,7 @@ from ..explorer.explore import (
 from ..explorer.replay import ReplayStrategy
 from ..explorer.strategy import parse_schedule
 from ..kernel.core import ModelUsageError
+from ..kernel.fault import UNREACHABLE_NOTE, can_fail
 from ..vfio import check_ablation, check_level
 from .catalogue import FAULT_SWEEP_OF, SCENARIO_NAMES, SCENARIOS
 from .harness import ScenarioContext, describe_observations, judge_execution, make_program
@@ -153,6 +154,7 @@ def run(
     progress: bool = False,
     check_reduction: bool = False,
     noiommu: bool = False,
+    include_unreachable: bool = False,
 ) -> Verdict:
     """Run scenario ``name`` (a catalogue name, or a scenario function of a
     :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring)."""
@@ -179,7 +181,10 @@ def run(
                 bound=bound,
                 reduction=reduction,
                 max_schedules=max_schedules,
+                include_unreachable=include_unreachable,
             )
+        if include_unreachable:
+            raise ModelUsageError("include_unreachable applies to fault_sweep only")
         sc = SCENARIOS[name]
         fn = sc.fn
         noiommu = noiommu or sc.noiommu
@@ -239,15 +244,24 @@ def run_fault_sweep(
     bound: int | None = 1,
     reduction: bool = True,
     max_schedules: int | None = DEFAULT_MAX_SCHEDULES,
+    include_unreachable: bool = False,
 ) -> Verdict:
     """The lifecycle, once per injectable failure point with that point failed (the Nth
-    injectable call of the scenario proper), each explored over the same space."""
+    injectable call of the scenario proper), each explored over the same space.
+
+    Points that no 5.15/5.16 kernel can fail (``kernel.fault.can_fail``) are skipped unless
+    ``include_unreachable``; their findings then say "unreachable in 5.15/5.16"."""
     _check("fault_sweep", level, ablation)
     sc = SCENARIOS[FAULT_SWEEP_OF]
     points = fault_points(level, review_fixes=review_fixes, ablation=ablation)
     findings: dict[tuple[str, FindingId], Finding] = {}
     stats: list[Stats] = []
-    for n, point in enumerate(points, start=1):
+    swept = 0
+    for n, point in enumerate(points, start=1):  # n counts every injectable call (fail_nth)
+        reachable = can_fail(point)
+        if not reachable and not include_unreachable:
+            continue
+        swept += 1
         program = make_program(
             sc.fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=sc.noiommu, fail_nth=n
         )
@@ -261,11 +275,12 @@ def run_fault_sweep(
             label=f"fault_sweep@{level}",
         )
         stats.append(ex.stats)
-        label = f"{point} (injectable call #{n})"
+        note = "" if reachable else f", {UNREACHABLE_NOTE}"
+        label = f"{point} (injectable call #{n}{note})"
         _render(ex, injected=label, traces=traces, full_trace=full_trace)
         for f in ex.findings:
             findings.setdefault((label, f.ident), f)
-    total = Stats(space=f"fault sweep: {len(points)} points; each: " + (stats[0].space if stats else "nothing"))
+    total = Stats(space=f"fault sweep: {swept} points; each: " + (stats[0].space if stats else "nothing"))
     for st in stats:
         total.schedules += st.schedules
         total.distinct += st.distinct
@@ -286,7 +301,7 @@ def run_fault_sweep(
         review_fixes,
         ablation,
         flist,
-        {"points_swept": [len(points)]},
+        {"points_swept": [swept]},
         [total],
         flist[0].trace if flist else "",
     )

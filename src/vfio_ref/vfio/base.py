@@ -17,13 +17,20 @@ What the group lifecycle looks like here:
 
 Modelled, beside the group lifecycle: the container far enough to move container_users (the
 group fd's SET/UNSET_CONTAINER, the container fd's open/release/SET_IOMMU), the external-user
-API, vfio_device registration with the unbound list.  Simplified (each said at the place):
-file descriptors are File objects, modules are always present, vfio_dev_viable's PCI test
-uses the model device's ``hdr_type``.
+API, vfio_device registration with the unbound list, the device fd (GET_DEVICE_FD, its
+release, and the unregister path's request loop that waits for it), and the group's other
+users: vfio_device_get_from_dev, vfio_register_notifier / vfio_unregister_notifier with
+vfio_group_set_kvm, vfio_pin_pages / vfio_unpin_pages.  Simplified (each said at the
+place): modules are always present, copying arguments from user space is not modelled (an
+ioctl's argument is the value itself: a descriptor, a device name), vfio_dev_viable's PCI
+test uses the model device's ``hdr_type``.  docs/MODEL.md has the table of every function of
+vfio.c and how it is modelled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from ..kernel.atomic import (
@@ -36,7 +43,7 @@ from ..kernel.atomic import (
     atomic_read,
     atomic_set,
 )
-from ..kernel.bug import BUG_ON, WARN_ON, WARN_ON_ONCE, dev_WARN
+from ..kernel.bug import BUG_ON, WARN_ON, WARN_ON_ONCE, deref, dev_WARN
 from ..kernel.cdev import (
     Cdev,
     FileOperations,
@@ -46,7 +53,7 @@ from ..kernel.cdev import (
     cdev_init,
     unregister_chrdev_region,
 )
-from ..kernel.core import CAP_SYS_RAWIO, Kernel
+from ..kernel.core import CAP_SYS_RAWIO, Kernel, ModelUsageError
 from ..kernel.device import (
     MAJOR,
     MINORMASK,
@@ -60,6 +67,7 @@ from ..kernel.device import (
     device_destroy,
 )
 from ..kernel.errno import (
+    E2BIG,
     EBADF,
     EBUSY,
     EINVAL,
@@ -71,6 +79,15 @@ from ..kernel.errno import (
     ERR_PTR,
     IS_ERR,
     PTR_ERR,
+)
+from ..kernel.file import (
+    O_CLOEXEC,
+    anon_inode_getfile,
+    fd_install,
+    fdget,
+    fdput,
+    get_unused_fd_flags,
+    put_unused_fd,
 )
 from ..kernel.idr import Idr, idr_alloc, idr_destroy, idr_find, idr_init, idr_remove
 from ..kernel.iommu import (
@@ -100,6 +117,9 @@ from ..kernel.notifier import (
     NOTIFY_OK,
     BlockingNotifierHead,
     NotifierBlock,
+    blocking_notifier_call_chain,
+    blocking_notifier_chain_register,
+    blocking_notifier_chain_unregister,
 )
 from ..kernel.refcount import Refcount, refcount_dec_and_test, refcount_inc_not_zero, refcount_set
 from ..kernel.rwsem import RWSemaphore, down_read, down_write, init_rwsem, up_read, up_write
@@ -144,8 +164,17 @@ VFIO_GROUP_SET_CONTAINER: Final = "VFIO_GROUP_SET_CONTAINER"
 VFIO_GROUP_UNSET_CONTAINER: Final = "VFIO_GROUP_UNSET_CONTAINER"
 VFIO_SET_IOMMU: Final = "VFIO_SET_IOMMU"
 VFIO_CHECK_EXTENSION: Final = "VFIO_CHECK_EXTENSION"
+VFIO_GROUP_GET_DEVICE_FD: Final = "VFIO_GROUP_GET_DEVICE_FD"
 VFIO_GROUP_FLAGS_VIABLE: Final = 1
 VFIO_GROUP_FLAGS_CONTAINER_SET: Final = 2
+
+# enum vfio_notify_type, and the events of VFIO_GROUP_NOTIFY
+VFIO_IOMMU_NOTIFY: Final = 0
+VFIO_GROUP_NOTIFY: Final = 1
+VFIO_GROUP_NOTIFY_SET_KVM: Final = 1 << 0
+
+VFIO_PIN_PAGES_MAX_ENTRIES: Final = 4096 // 8  # PAGE_SIZE / sizeof(unsigned long)
+O_RDWR: Final = 0o2
 
 THIS_MODULE: Final = None  # modules are always present in the model (try_module_get succeeds)
 
@@ -159,7 +188,8 @@ VfioGroupPtr = Any
 
 
 class VfioIommuDriverOps:
-    """struct vfio_iommu_driver_ops: the callbacks the model needs."""
+    """struct vfio_iommu_driver_ops: the callbacks the model needs (the optional ones None
+    when a driver has none, as a NULL member)."""
 
     def __init__(
         self,
@@ -170,6 +200,10 @@ class VfioIommuDriverOps:
         ioctl: Any,
         attach_group: Any,
         detach_group: Any,
+        pin_pages: Any = None,
+        unpin_pages: Any = None,
+        register_notifier: Any = None,
+        unregister_notifier: Any = None,
     ) -> None:
         self.name = name
         self.open = open
@@ -177,6 +211,37 @@ class VfioIommuDriverOps:
         self.ioctl = ioctl
         self.attach_group = attach_group
         self.detach_group = detach_group
+        self.pin_pages = pin_pages
+        self.unpin_pages = unpin_pages
+        self.register_notifier = register_notifier
+        self.unregister_notifier = unregister_notifier
+
+
+@dataclass(frozen=True, eq=False)
+class VfioDeviceOps:
+    """struct vfio_device_ops: what vfio.c calls of a vfio driver (None for a NULL member).
+
+    ``open_device(device) -> int`` runs for the first open of the device set's device,
+    ``close_device(device)`` for the last close; ``ioctl(device, cmd, arg)`` answers the
+    device fd's ioctls; ``request(device, count)`` asks the driver to get its user to
+    release the device (vfio_unregister_group_dev); ``match(device, buf) -> int`` replaces
+    the name comparison of vfio_device_get_from_name (negative: an error).
+    """
+
+    name: str
+    open_device: Callable[[VfioDevice], int] | None = None
+    close_device: Callable[[VfioDevice], None] | None = None
+    ioctl: Callable[[VfioDevice, Any, Any], Any] | None = None
+    request: Callable[[VfioDevice, int], None] | None = None
+    match: Callable[[VfioDevice, str], int] | None = None
+
+
+@dataclass
+class EventMask:
+    """``unsigned long *events`` of vfio_register_notifier: the caller's event bits, which
+    the registration clears as it recognises them."""
+
+    bits: int
 
 
 class VfioIommuDriver(KStruct):
@@ -246,7 +311,7 @@ class VfioDevice(KStruct):
         self.kernel = k
         self.container: Any = None  # the driver's struct that embeds it
         self.dev: Device | None = None
-        self.ops: Any = None
+        self.ops: VfioDeviceOps | None = None
         self.group: Any = None
         self.dev_set: VfioDeviceSet | None = None
         self.dev_set_list = ListHead(k, self, "dev_set_list")
@@ -279,6 +344,9 @@ class VfioGroup(KStruct):
     )
     # Read without a lock by open and by unregister's wait; written under container->group_lock.
     container: SharedField[VfioContainer | None] = SharedField(None)
+    # struct kvm *: written by vfio_group_set_kvm and read by the group notifier's
+    # registration, with no lock in common.
+    kvm: SharedField[Any] = SharedField(None)
 
     def __init__(self, k: Kernel) -> None:
         self.kernel = k
@@ -300,7 +368,6 @@ class VfioGroup(KStruct):
         self.container_q = WaitQueueHead(k, "&group->container_q")
         self.type = VFIO_IOMMU
         self.dev_counter = 0
-        self.kvm: Any = None
         self.notifier = BlockingNotifierHead(k, "&vfio_group->notifier.rwsem")
         for x in (self.container_users, self.opened):
             x.container = self
@@ -333,6 +400,20 @@ class Vfio:
         self.group_lock: Mutex = Mutex(k, "&vfio.group_lock")
         self.group_cdev = Cdev(k)
         self.group_devt = 0
+
+
+def _user_int(cmd: str, arg: Any) -> int:
+    """An ioctl's integer argument (get_user): the model passes the value itself."""
+    if isinstance(arg, bool) or not isinstance(arg, int):
+        raise ModelUsageError(f"{cmd} takes an int (a descriptor number), not {arg!r}")
+    return arg
+
+
+def _user_str(cmd: str, arg: Any) -> str:
+    """An ioctl's string argument (strndup_user): the model passes the string itself."""
+    if not isinstance(arg, str):
+        raise ModelUsageError(f"{cmd} takes a device name (a str), not {arg!r}")
+    return arg
 
 
 # --------------------------------------------------------------------------------------
@@ -371,6 +452,14 @@ class VfioBase(Level):
             open=self.vfio_fops_open,
             release=self.vfio_fops_release,
             unlocked_ioctl=self.vfio_fops_unl_ioctl,
+        )
+        # read, write and mmap of the device fd are not modelled: they pass straight to
+        # the driver and hold no reference of their own (the fdget of the call does).
+        self.vfio_device_fops = FileOperations(
+            owner=THIS_MODULE,
+            release=self.vfio_device_fops_release,
+            unlocked_ioctl=self.vfio_device_fops_unl_ioctl,
+            name="vfio_device_fops",
         )
         self.vfio_noiommu_ops = VfioIommuDriverOps(
             "vfio-noiommu",
@@ -886,10 +975,49 @@ class VfioBase(Level):
             device, self.vfio_noiommu_group_alloc(device.dev, VFIO_EMULATED_IOMMU)
         )
 
+    def vfio_device_get_from_dev(self, dev: Device) -> VfioDevice | None:
+        """A reference on the vfio_device of ``dev``, found the long way round (iommu group,
+        vfio group, device list) since a caller that thinks it owns the device may be racing
+        its release; the group reference of the search is dropped before returning."""
+        group = self.vfio_group_get_from_dev(dev)
+        if group is None:
+            return None
+
+        device = self.vfio_group_get_device(group, dev)
+        self.vfio_group_put(group)
+
+        return device
+
+    def vfio_device_get_from_name(self, group: VfioGroupPtr, buf: str) -> Any:
+        """The device of ``group`` whose name is ``buf`` (or that the driver's ->match
+        accepts), referenced; ERR_PTR(-ENODEV) when none is, or ->match's error."""
+        device: Any = ERR_PTR(-ENODEV)
+
+        assert group.device_lock is not None and group.device_list is not None
+        mutex_lock(group.device_lock)
+        for it in list_for_each_entry(group.device_list):
+            ops: VfioDeviceOps = deref(self.k, it.ops, "it->ops")
+            if ops.match is not None:
+                ret = ops.match(it, buf)
+                if ret < 0:
+                    device = ERR_PTR(ret)
+                    break
+            else:
+                ret = int(dev_name(it.dev) == buf)
+
+            if ret and self.vfio_device_try_get(it):
+                device = it
+                break
+        mutex_unlock(group.device_lock)
+
+        return device
+
     def vfio_unregister_group_dev(self, device: VfioDevice) -> None:
-        """Drop the driver's device reference and wait until no one else holds one."""
+        """Drop the driver's device reference and wait until no one else holds one, asking
+        the driver (->request) to get its user to let go."""
         k = self.k
         group: VfioGroupPtr = device.group
+        i = 0
 
         # Once the device leaves the group, the group looks non-viable although the device
         # still has its driver until the unbind completes: external users re-checking the
@@ -906,10 +1034,17 @@ class VfioBase(Level):
         self.vfio_device_put(device)
         assert device.comp is not None
         rc = try_wait_for_completion(device.comp)
-        if not rc:
-            # Simplified: the driver's request() callback and the 10 s timeouts are not
-            # modelled; the wait is for the last device reference.
+        while not rc:
+            ops = deref(k, device.ops, "device->ops")
+            if ops.request is not None:
+                ops.request(device, i)
+                i += 1
+
+            # Simplified: the kernel waits 10 s at a time (interruptibly until a signal
+            # comes, then not, with a one-time "blocked until device is released" warning)
+            # and asks again; the model waits without a timeout, so it asks once.
             wait_for_completion(device.comp)
+            rc = True
 
         assert group.device_lock is not None
         mutex_lock(group.device_lock)
@@ -1045,7 +1180,7 @@ class VfioBase(Level):
         if atomic_dec_if_positive(group.container_users) == 0:
             self.__vfio_group_unset_container(group)
 
-    def vfio_group_set_container(self, group: VfioGroupPtr, container_file: Any) -> int:
+    def vfio_group_set_container(self, group: VfioGroupPtr, container_fd: int) -> int:
         k = self.k
         ret = 0
         if atomic_read(group.container_users):
@@ -1054,16 +1189,16 @@ class VfioBase(Level):
         if group.type == VFIO_NO_IOMMU and not k.capable(CAP_SYS_RAWIO):
             return -EPERM
 
-        # Simplified: the fd is passed as the File it names; fdget of a closed one fails.
-        f = container_file
-        if f is None or getattr(f, "closed", True):
+        f = fdget(k, container_fd)
+        if f.file is None:
             return -EBADF
 
         # Sanity check: is this really our fd?
-        if f.f_op is not self.vfio_fops:
+        if f.file.f_op is not self.vfio_fops:
+            fdput(f)
             return -EINVAL
 
-        container: VfioContainer = f.private_data
+        container: VfioContainer = f.file.private_data
         WARN_ON(k, container is None, "!container")  # fget ensures we don't race release
 
         assert container.group_lock is not None
@@ -1072,26 +1207,23 @@ class VfioBase(Level):
         # Real groups and fake (no-IOMMU) groups cannot mix.
         if not list_empty(container.group_list) and container.noiommu != (group.type == VFIO_NO_IOMMU):
             ret = -EPERM
-            up_write(container.group_lock)
-            return ret
+        else:
+            driver = container.iommu_driver
+            if driver is not None:
+                assert driver.ops is not None
+                ret = int(driver.ops.attach_group(container.iommu_data, group.iommu_group, group.type))
+            if not ret:
+                group.container = container
+                container.noiommu = group.type == VFIO_NO_IOMMU
+                list_add(group.container_next, container.group_list)
 
-        driver = container.iommu_driver
-        if driver is not None:
-            assert driver.ops is not None
-            ret = int(driver.ops.attach_group(container.iommu_data, group.iommu_group, group.type))
-            if ret:
-                up_write(container.group_lock)
-                return ret
+                # Get a reference on the container and mark a user within the group.
+                self.vfio_container_get(container)
+                atomic_inc(group.container_users)
 
-        group.container = container
-        container.noiommu = group.type == VFIO_NO_IOMMU
-        list_add(group.container_next, container.group_list)
-
-        # Get a reference on the container and mark a user within the group.
-        self.vfio_container_get(container)
-        atomic_inc(group.container_users)
-
+        # unlock_out:
         up_write(container.group_lock)
+        fdput(f)
         return ret
 
     def vfio_group_viable(self, group: VfioGroupPtr) -> bool:
@@ -1113,6 +1245,70 @@ class VfioBase(Level):
 
         return 0
 
+    def vfio_group_get_device_fd(self, group: VfioGroupPtr, buf: str) -> int:
+        """VFIO_GROUP_GET_DEVICE_FD: a new descriptor for the device called ``buf``, or
+        -errno.  The device fd holds a device reference and a container user; the first
+        open of the device runs the driver's ->open_device under the device set's lock."""
+        k = self.k
+        ret = 0
+
+        if (
+            atomic_read(group.container_users) == 0
+            or group.container.iommu_driver is None
+            or not self.vfio_group_viable(group)
+        ):
+            return -EINVAL
+
+        if group.type == VFIO_NO_IOMMU and not k.capable(CAP_SYS_RAWIO):
+            return -EPERM
+
+        device = self.vfio_device_get_from_name(group, buf)
+        if IS_ERR(device):
+            return PTR_ERR(device)
+
+        # try_module_get(device->dev->driver->owner): modules are not modelled (it succeeds).
+
+        dev_set: VfioDeviceSet = deref(k, device.dev_set, "device->dev_set->lock")
+        ops: VfioDeviceOps = deref(k, device.ops, "device->ops")
+        mutex_lock(dev_set.lock)
+        device.open_count += 1
+        if device.open_count == 1 and ops.open_device is not None:
+            ret = ops.open_device(device)
+            # if (ret) goto err_undo_count
+        if not ret:
+            mutex_unlock(dev_set.lock)
+
+            # Not anon_inode_getfd(): the kernel sets f_mode bits on the file before
+            # installing it (f_mode is not modelled).
+            fdno = ret = get_unused_fd_flags(k, O_CLOEXEC)
+            if ret >= 0:
+                filep = anon_inode_getfile(k, "[vfio-device]", self.vfio_device_fops, device, O_RDWR)
+                if not IS_ERR(filep):
+                    atomic_inc(group.container_users)
+
+                    fd_install(k, fdno, filep)
+
+                    if group.type == VFIO_NO_IOMMU:
+                        assert device.dev is not None
+                        k.printk(
+                            f"{dev_name(device.dev)}: vfio-noiommu device opened by user "
+                            f"({k.current().name})"
+                        )
+                    return fdno
+                ret = PTR_ERR(filep)
+                put_unused_fd(k, fdno)  # err_fd
+            # err_close_device:
+            mutex_lock(dev_set.lock)
+            if device.open_count == 1 and ops.close_device is not None:
+                ops.close_device(device)
+        # err_undo_count:
+        device.open_count -= 1
+        mutex_unlock(dev_set.lock)
+        # module_put(device->dev->driver->owner): not modelled.
+        # err_device_put:
+        self.vfio_device_put(device)
+        return ret
+
     def vfio_group_fops_unl_ioctl(self, filep: Any, cmd: str, arg: Any) -> Any:
         group: VfioGroupPtr = filep.private_data
         if cmd == VFIO_GROUP_GET_STATUS:
@@ -1123,9 +1319,19 @@ class VfioBase(Level):
                 flags |= VFIO_GROUP_FLAGS_CONTAINER_SET
             return flags
         if cmd == VFIO_GROUP_SET_CONTAINER:
-            return self.vfio_group_set_container(group, arg)
+            # get_user(fd, arg): the argument is the container's descriptor itself.
+            fd = _user_int(cmd, arg)
+            if fd < 0:
+                return -EINVAL
+            return self.vfio_group_set_container(group, fd)
         if cmd == VFIO_GROUP_UNSET_CONTAINER:
             return self.vfio_group_unset_container(group)
+        if cmd == VFIO_GROUP_GET_DEVICE_FD:
+            # strndup_user(arg, PAGE_SIZE): the argument is the device name itself (the
+            # copy, its -EFAULT and its allocation are not modelled).
+            buf = _user_str(cmd, arg)
+            ret = self.vfio_group_get_device_fd(group, buf)
+            return ret
         return -ENOTTY
 
     def vfio_group_fops_open(self, inode: Any, filep: Any) -> int:
@@ -1166,6 +1372,39 @@ class VfioBase(Level):
         self.vfio_group_put(group)
         return 0
 
+    # -- VFIO device fd ---------------------------------------------------------------------------------
+
+    def vfio_device_fops_release(self, inode: Any, filep: Any) -> int:
+        """The device fd's last fput: the last close of the device runs ->close_device,
+        then the fd's container user and its device reference go."""
+        k = self.k
+        device: VfioDevice = filep.private_data
+
+        dev_set: VfioDeviceSet = deref(k, device.dev_set, "device->dev_set->lock")
+        ops: VfioDeviceOps = deref(k, device.ops, "device->ops")
+        mutex_lock(dev_set.lock)
+        device.open_count -= 1
+        if not device.open_count and ops.close_device is not None:
+            ops.close_device(device)
+        mutex_unlock(dev_set.lock)
+
+        # module_put(device->dev->driver->owner): not modelled.
+
+        self.vfio_group_try_dissolve_container(device.group)
+
+        self.vfio_device_put(device)
+
+        return 0
+
+    def vfio_device_fops_unl_ioctl(self, filep: Any, cmd: Any, arg: Any) -> Any:
+        device: VfioDevice = filep.private_data
+        ops: VfioDeviceOps = deref(self.k, device.ops, "device->ops")
+
+        if ops.ioctl is None:
+            return -EINVAL
+
+        return ops.ioctl(device, cmd, arg)
+
     # -- external user API ------------------------------------------------------------------------------
 
     def vfio_group_get_external_user(self, filep: Any) -> Any:
@@ -1195,6 +1434,194 @@ class VfioBase(Level):
     def vfio_group_put_external_user(self, group: VfioGroupPtr) -> None:
         self.vfio_group_try_dissolve_container(group)
         self.vfio_group_put(group)
+
+    # -- sub-module support: pinning, and the notifiers of other users --------------------------------
+
+    def vfio_pin_pages(
+        self, dev: Device | None, user_pfn: list[int], npage: int, prot: int, phys_pfn: list[int]
+    ) -> int:
+        """Pin pages for ``dev``'s group (a mediated device's vendor driver): a group
+        reference and a container user are held around the IOMMU driver's ->pin_pages."""
+        if dev is None or not user_pfn or phys_pfn is None or not npage:
+            return -EINVAL
+
+        if npage > VFIO_PIN_PAGES_MAX_ENTRIES:
+            return -E2BIG
+
+        group = self.vfio_group_get_from_dev(dev)
+        if group is None:
+            return -ENODEV
+
+        if group.dev_counter > 1:
+            ret = -EINVAL
+        else:
+            ret = self.vfio_group_add_container_user(group)
+            if not ret:
+                container = group.container
+                driver = container.iommu_driver
+                if driver is not None and driver.ops.pin_pages is not None:
+                    ret = int(
+                        driver.ops.pin_pages(
+                            container.iommu_data, group.iommu_group, user_pfn, npage, prot, phys_pfn
+                        )
+                    )
+                else:
+                    ret = -ENOTTY
+
+                self.vfio_group_try_dissolve_container(group)
+
+        # err_pin_pages:
+        self.vfio_group_put(group)
+        return ret
+
+    def vfio_unpin_pages(self, dev: Device | None, user_pfn: list[int], npage: int) -> int:
+        """Unpin what vfio_pin_pages pinned, with the same group reference and container
+        user around the IOMMU driver's ->unpin_pages."""
+        if dev is None or not user_pfn or not npage:
+            return -EINVAL
+
+        if npage > VFIO_PIN_PAGES_MAX_ENTRIES:
+            return -E2BIG
+
+        group = self.vfio_group_get_from_dev(dev)
+        if group is None:
+            return -ENODEV
+
+        ret = self.vfio_group_add_container_user(group)
+        if not ret:
+            container = group.container
+            driver = container.iommu_driver
+            if driver is not None and driver.ops.unpin_pages is not None:
+                ret = int(driver.ops.unpin_pages(container.iommu_data, user_pfn, npage))
+            else:
+                ret = -ENOTTY
+
+            self.vfio_group_try_dissolve_container(group)
+
+        # err_unpin_pages:
+        self.vfio_group_put(group)
+        return ret
+
+    def vfio_register_iommu_notifier(self, group: VfioGroupPtr, events: EventMask, nb: NotifierBlock) -> int:
+        ret = self.vfio_group_add_container_user(group)
+        if ret:
+            return -EINVAL
+
+        container = group.container
+        driver = container.iommu_driver
+        if driver is not None and driver.ops.register_notifier is not None:
+            ret = int(driver.ops.register_notifier(container.iommu_data, events, nb))
+        else:
+            ret = -ENOTTY
+
+        self.vfio_group_try_dissolve_container(group)
+
+        return ret
+
+    def vfio_unregister_iommu_notifier(self, group: VfioGroupPtr, nb: NotifierBlock) -> int:
+        ret = self.vfio_group_add_container_user(group)
+        if ret:
+            return -EINVAL
+
+        container = group.container
+        driver = container.iommu_driver
+        if driver is not None and driver.ops.unregister_notifier is not None:
+            ret = int(driver.ops.unregister_notifier(container.iommu_data, nb))
+        else:
+            ret = -ENOTTY
+
+        self.vfio_group_try_dissolve_container(group)
+
+        return ret
+
+    def vfio_group_set_kvm(self, group: VfioGroupPtr, kvm: Any) -> None:
+        """KVM tells the group which VM uses it (NULL when it lets go); every notifier
+        registered for VFIO_GROUP_NOTIFY_SET_KVM hears of it."""
+        group.kvm = kvm
+        assert group.notifier is not None
+        blocking_notifier_call_chain(group.notifier, VFIO_GROUP_NOTIFY_SET_KVM, kvm)
+
+    def vfio_register_group_notifier(self, group: VfioGroupPtr, events: EventMask, nb: NotifierBlock) -> int:
+        set_kvm = False
+
+        if events.bits & VFIO_GROUP_NOTIFY_SET_KVM:
+            set_kvm = True
+
+        # Clear the events this function knows; anything left is refused.
+        events.bits &= ~VFIO_GROUP_NOTIFY_SET_KVM
+
+        if events.bits:
+            return -EINVAL
+
+        ret = self.vfio_group_add_container_user(group)
+        if ret:
+            return -EINVAL
+
+        assert group.notifier is not None
+        ret = blocking_notifier_chain_register(group.notifier, nb)
+
+        # KVM may already have attached itself to the group: replay it once to the newcomer.
+        if not ret and set_kvm:
+            kvm = group.kvm
+            if kvm is not None:
+                blocking_notifier_call_chain(group.notifier, VFIO_GROUP_NOTIFY_SET_KVM, kvm)
+
+        self.vfio_group_try_dissolve_container(group)
+
+        return ret
+
+    def vfio_unregister_group_notifier(self, group: VfioGroupPtr, nb: NotifierBlock) -> int:
+        ret = self.vfio_group_add_container_user(group)
+        if ret:
+            return -EINVAL
+
+        assert group.notifier is not None
+        ret = blocking_notifier_chain_unregister(group.notifier, nb)
+
+        self.vfio_group_try_dissolve_container(group)
+
+        return ret
+
+    def vfio_register_notifier(
+        self, dev: Device | None, type: int, events: EventMask | None, nb: NotifierBlock | None
+    ) -> int:
+        """Register ``nb`` for ``dev``'s group: VFIO_IOMMU_NOTIFY (the IOMMU driver's chain)
+        or VFIO_GROUP_NOTIFY (the group's own chain, SET_KVM).  The group is held only for
+        the call: a notifier left registered outlives nothing but its group's chain."""
+        if dev is None or nb is None or events is None or events.bits == 0:
+            return -EINVAL
+
+        group = self.vfio_group_get_from_dev(dev)
+        if group is None:
+            return -ENODEV
+
+        if type == VFIO_IOMMU_NOTIFY:
+            ret = self.vfio_register_iommu_notifier(group, events, nb)
+        elif type == VFIO_GROUP_NOTIFY:
+            ret = self.vfio_register_group_notifier(group, events, nb)
+        else:
+            ret = -EINVAL
+
+        self.vfio_group_put(group)
+        return ret
+
+    def vfio_unregister_notifier(self, dev: Device | None, type: int, nb: NotifierBlock | None) -> int:
+        if dev is None or nb is None:
+            return -EINVAL
+
+        group = self.vfio_group_get_from_dev(dev)
+        if group is None:
+            return -ENODEV
+
+        if type == VFIO_IOMMU_NOTIFY:
+            ret = self.vfio_unregister_iommu_notifier(group, nb)
+        elif type == VFIO_GROUP_NOTIFY:
+            ret = self.vfio_unregister_group_notifier(group, nb)
+        else:
+            ret = -EINVAL
+
+        self.vfio_group_put(group)
+        return ret
 
     # -- module init / exit ---------------------------------------------------------------------------
 
@@ -1245,15 +1672,24 @@ class VfioBase(Level):
 
 # Imported names used by later levels; kept so every level module can import from here.
 __all__ = [
+    "O_RDWR",
     "PCI_HEADER_TYPE_NORMAL",
     "VFIO_EMULATED_IOMMU",
+    "VFIO_GROUP_GET_DEVICE_FD",
+    "VFIO_GROUP_NOTIFY",
+    "VFIO_GROUP_NOTIFY_SET_KVM",
     "VFIO_IOMMU",
+    "VFIO_IOMMU_NOTIFY",
     "VFIO_NOIOMMU_IOMMU",
     "VFIO_NO_IOMMU",
+    "VFIO_PIN_PAGES_MAX_ENTRIES",
+    "EventMask",
     "VFIO_TYPE1v2_IOMMU",
     "VfioBase",
     "VfioContainer",
     "VfioDevice",
+    "VfioDeviceOps",
+    "VfioDeviceSet",
     "VfioGroup",
     "VfioIommuDriverOps",
     "VfioUnboundDev",

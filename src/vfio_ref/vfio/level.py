@@ -109,6 +109,10 @@ class Level:
             for c in cls.__mro__:
                 setattr(cls, f"_{c.__name__.lstrip('_')}{name}", impl)
 
+    def is_loaded(self) -> bool:
+        """Whether the vfio module is loaded: vfio_init() succeeded and no vfio_cleanup() since."""
+        return bool(self.__dict__.get("module_loaded", False))
+
     # -- introspection for `vfio-ref show` / `vfio-ref diff` ------------------------------------
 
     @classmethod

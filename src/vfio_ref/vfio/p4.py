@@ -59,6 +59,9 @@ class VfioGroup(KStruct):
     )
     # Read without a lock by open and by unregister's wait; written under container->group_lock.
     container: SharedField[VfioContainer | None] = SharedField(None)
+    # struct kvm *: written by vfio_group_set_kvm and read by the group notifier's
+    # registration, with no lock in common.
+    kvm: SharedField[Any] = SharedField(None)
 
     def __init__(self, k: Kernel) -> None:
         self.kernel = k
@@ -79,7 +82,6 @@ class VfioGroup(KStruct):
         self.container_q = WaitQueueHead(k, "&group->container_q")
         self.type = VFIO_IOMMU
         self.dev_counter = 0
-        self.kvm: Any = None
         self.notifier = BlockingNotifierHead(k, "&vfio_group->notifier.rwsem")
         for x in (self.users, self.container_users, self.opened):
             x.container = self
