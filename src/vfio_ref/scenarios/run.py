@@ -24,6 +24,7 @@ from ..explorer.explore import (
     ReductionCheck,
     Stats,
 )
+from ..explorer.parallel import ProgramSpec
 from ..explorer.replay import ReplayStrategy
 from ..explorer.strategy import parse_schedule
 from ..kernel.core import ModelUsageError
@@ -155,9 +156,14 @@ def run(
     check_reduction: bool = False,
     noiommu: bool = False,
     include_unreachable: bool = False,
+    jobs: int = 1,
+    cluster: str | None = None,
 ) -> Verdict:
     """Run scenario ``name`` (a catalogue name, or a scenario function of a
-    :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring)."""
+    :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring).
+
+    ``jobs`` splits a depth-first search over processes, ``cluster`` (a Dask scheduler's
+    address; catalogue scenarios only) over a cluster, with the serial result."""
     if callable(name):
         fn: ScenarioFn = name
         label = getattr(fn, "__name__", "scenario")
@@ -190,6 +196,11 @@ def run(
         noiommu = noiommu or sc.noiommu
     if bound is not None and bound < 0:
         raise ModelUsageError(f"bound must be 0 or more preemptions (or None: no bound), not {bound}")
+    spec = None
+    if cluster is not None:
+        if callable(name):
+            raise ModelUsageError("a search on a cluster names its scenario: a catalogue name, not a function")
+        spec = ProgramSpec(name, level, review_fixes, ablation, noiommu)
     program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
     ex = explore(
         program,
@@ -206,6 +217,9 @@ def run(
         progress=progress,
         label=f"{label}@{level}",
         check_reduction=check_reduction,
+        jobs=jobs,
+        cluster=cluster,
+        program_spec=spec,
     )
     _render(ex, traces=traces, full_trace=full_trace)
     # The default schedule: its return codes and, when clean, its trace.
