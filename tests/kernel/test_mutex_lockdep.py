@@ -285,15 +285,9 @@ def test_a_non_owner_unlock_between_real_threads_wakes_the_waiter(k: Kernel) -> 
     "reduction",
     [
         False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the reduced search keys a lock's race on its acquires (unlocks are not "
-                "choice points), so it never puts a non-owner's unlock inside another thread's "
-                "critical section; the plain search does",
-            ),
-        ),
+        # The reduced search sees it too: the unlock is part of the non-owner's step, and a
+        # step that releases a mutex conflicts with the owner's steps on it.
+        True,
     ],
     ids=["plain", "reduced"],
 )

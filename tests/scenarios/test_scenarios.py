@@ -1,32 +1,22 @@
 """The scenario catalogue as a specification: what each scenario shows at each level.
 
 Every expectation here is checked against a verdict computed by running the model (the
-explorer over every interleaving up to the bound); nothing reads a table of answers.
+report's search: every interleaving, or every one up to a preemption where that is too
+many; see vfio_ref.report); nothing reads a table of answers.
 """
 
 from __future__ import annotations
 
-from functools import cache
-
 import pytest
 
 from vfio_ref import LEVELS
-from vfio_ref.kernel.errno import EBADF, EBUSY, EINVAL, ENODEV, EPERM
-from vfio_ref.scenarios import SCENARIO_NAMES, SCENARIOS, Verdict, run
-from vfio_ref.vfio import REVIEW_FIX_LEVELS
+from vfio_ref.kernel.errno import EBADF, EBUSY, EINVAL, ENODEV, ENXIO, EPERM
+from vfio_ref.scenarios import SCENARIO_NAMES, SCENARIOS, run
+
+from .verdicts import fixed, verdict
 
 KINDS = {"warn", "bug", "use-after-free", "double-free", "leak", "deadlock", "lockdep", "data-race"}
 FIXED = [lv for lv in LEVELS if lv not in ("p3", "p4")]  # levels that run as posted without the p3 bug
-
-
-@cache
-def verdict(name: str, level: str, review_fixes: bool = False) -> Verdict:
-    return run(name, level, review_fixes=review_fixes, traces=False)
-
-
-def fixed(name: str, level: str) -> Verdict:
-    """The verdict at ``level`` with the review's fix where the level has one."""
-    return verdict(name, level, level in REVIEW_FIX_LEVELS)
 
 
 def test_the_catalogue_is_the_one_in_the_design() -> None:
@@ -159,45 +149,18 @@ def test_the_races_against_the_last_put_are_clean_at_every_level(name: str, leve
     assert v.clean, [str(f) for f in v.findings]
 
 
+def _outcomes(name: str, level: str, what: str) -> set[int]:
+    """Every value ``what`` returned, over the verdict's whole search (each distinct outcome)."""
+    v = fixed(name, level)
+    assert v.clean and v.complete
+    return {rc for r in v.returns for rc in r.get(what, [])}
+
+
 def test_patch_5s_open_fails_with_enodev_or_enxio_when_it_loses_to_the_last_put() -> None:
-    from vfio_ref.explorer import explore
-    from vfio_ref.kernel.errno import ENODEV, ENXIO
-    from vfio_ref.scenarios.harness import judge_execution, make_program
-
-    seen: set[int] = set()
-
-    def judge(exe: object) -> list[object]:
-        ctx = exe.data["ctx"]  # type: ignore[attr-defined]
-        seen.update(ctx.observations.get("open", []))
-        return judge_execution(exe)  # type: ignore[arg-type]
-
-    program = make_program(SCENARIOS["open_vs_last_put"].fn, "p5", review_fixes=False, ablation=None, noiommu=False)
-    ex = explore(program, judge, bound=2, traces=False)  # type: ignore[arg-type]
-    assert ex.clean
-    assert seen == {0, -ENODEV, -ENXIO}
+    assert _outcomes("open_vs_last_put", "p5", "open") == {0, -ENODEV, -ENXIO}
 
 
 # -- what user space holds: descriptors, the device fd, the group's other users --------------
-
-
-def _outcomes(name: str, level: str, what: str) -> set[int]:
-    """Every value ``what`` was observed to return, over all interleavings (bound 2)."""
-    from vfio_ref.explorer import explore
-    from vfio_ref.scenarios.harness import judge_execution, make_program
-
-    seen: set[int] = set()
-
-    def judge(exe: object) -> list[object]:
-        ctx = exe.data["ctx"]  # type: ignore[attr-defined]
-        seen.update(ctx.observations.get(what, []))
-        return judge_execution(exe)  # type: ignore[arg-type]
-
-    program = make_program(
-        SCENARIOS[name].fn, level, review_fixes=level in REVIEW_FIX_LEVELS, ablation=None, noiommu=False
-    )
-    ex = explore(program, judge, bound=2, traces=False)  # type: ignore[arg-type]
-    assert ex.clean and ex.stats.exhausted
-    return seen
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -250,7 +213,7 @@ def test_a_group_notifier_left_registered_meets_the_kernels_two_warns(level: str
     ("name", "level", "fixes"), [("create_race", "base", False), ("create_race", "p3", False)]
 )
 def test_every_finding_replays_from_its_schedule(name: str, level: str, fixes: bool) -> None:
-    v = run(name, level, review_fixes=fixes, traces=False)
+    v = run(name, level, review_fixes=fixes, bound=1, traces=False)
     assert v.findings
     for f in v.findings:
         again = run(name, level, review_fixes=fixes, replay=f.schedule, traces=False)
@@ -258,7 +221,7 @@ def test_every_finding_replays_from_its_schedule(name: str, level: str, fixes: b
 
 
 def test_a_finding_trace_reads_as_swimlanes_from_the_end_of_setup() -> None:
-    v = run("create_race", "base")
+    v = run("create_race", "base", bound=1)
     t = v.findings[0].trace
     head = t.splitlines()[0]
     assert [c.strip() for c in head.split("|")] == ["step", "main", "T1", "T2", "kworker/1"]
