@@ -5,8 +5,10 @@
   ``point (no switch)``: one that lets the running thread go on; both with the explorer's
   fast path (no tracing, no reduction), each beside a bare greenlet switch;
 * ``toy``: issue 4's toy, two threads of twenty locked steps each, explored exhaustively at
-  preemption bound 2, with sleep sets and DPOR (explore's default) and without (plain
-  depth-first search): schedules per second and the all-in cost per point;
+  preemption bound 2, with the restricted sleep sets (explore's default at a bound) and
+  without (plain depth-first search): schedules per second and the all-in cost per point;
+  and a smaller toy with no bound: source-DPOR against every interleaving;
+* ``split``: one depth-first search serially and over two processes;
 * ``exhaust``: each concurrent scenario at each level, as posted, explored to exhaustion at
   bound 2 (no shrinking, no traces): time, schedules, and the all-in cost per scheduling
   point (p3 and p4 stop early: their as-posted create bug is found in the first schedules);
@@ -30,8 +32,9 @@ import pytest
 from _bench import FIXED_IN_REVIEW, FLOOR_GREENLET, QUICK, add_note, is_disabled, level_label, tag
 from vfio_ref import LEVELS
 from vfio_ref.explorer import Execution, RawFinding, explore, run_once
-from vfio_ref.explorer.scheduler import ControlledScheduler, SimThread
-from vfio_ref.explorer.strategies import ReplayStrategy
+from vfio_ref.explorer.records import ChoicePoint, Event
+from vfio_ref.explorer.replay import ReplayStrategy
+from vfio_ref.explorer.scheduler import ControlledScheduler
 from vfio_ref.kernel import Mutex
 from vfio_ref.kernel.atomic import Atomic
 from vfio_ref.scenarios.catalogue import SCENARIOS
@@ -47,13 +50,37 @@ EXHAUST_LEVELS = ("p1", "p5") if QUICK else LEVELS  # base is the slowest to exh
 
 
 class _AlwaysSwitch:
-    """Run another thread at every choice point."""
+    """Run another thread at every choice point (one execution, nothing recorded)."""
 
-    def choose(self, sched: ControlledScheduler, enabled: list[SimThread], cur: SimThread) -> SimThread:
-        for t in enabled:
-            if t is not cur:
-                return t
-        return cur
+    records = False
+    watches = False
+    sleeping = False
+
+    def __init__(self) -> None:
+        self._runs = 0
+
+    def new_execution(self) -> bool:
+        self._runs += 1
+        return self._runs == 1
+
+    def choose(self, sched: ControlledScheduler, cp: ChoicePoint) -> int:
+        return next((t for t in cp.enabled if t != cp.running), cp.running)
+
+    def executed(self, sched: ControlledScheduler, ev: Event) -> None:
+        pass
+
+    def finished(self, sched: ControlledScheduler, pending: list[Event]) -> None:
+        pass
+
+    def end_execution(self, sched: ControlledScheduler) -> None:
+        pass
+
+    @property
+    def complete(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return "always switch"
 
 
 def _alternating(ctx: Execution) -> None:
@@ -117,8 +144,7 @@ def _locked_steps(n: int) -> Any:
 
 
 def _judge_all(ctx: Execution) -> Sequence[RawFinding]:
-    dl = ctx.deadlock
-    return judge_kernel(ctx.kernel, teardown_done=False, deadlock=str(dl) if dl is not None else None)
+    return judge_kernel(ctx.kernel, teardown_done=False, deadlock=ctx.deadlock)
 
 
 @pytest.mark.parametrize("reduction", [True, False], ids=["reduced", "plain"])
@@ -137,7 +163,7 @@ def test_toy_locked_steps_bound2(benchmark: Any, reduction: bool) -> None:
     tag(
         benchmark,
         table="Explorer: issue 4's toy (two threads of 20 locked steps, bound 2)",
-        row="sleep sets + DPOR (explore's default)" if reduction else "plain depth-first (reduction=False)",
+        row="restricted sleep sets (default at a bound)" if reduction else "plain depth-first (reduction=False)",
         key="toy" if reduction else "toy-plain",
         floor=FLOOR_GREENLET,
         per=st.points_total,
@@ -148,6 +174,71 @@ def test_toy_locked_steps_bound2(benchmark: Any, reduction: bool) -> None:
     stats = getattr(benchmark, "stats", None)
     best = stats.stats.min if stats is not None else st.wall
     add_note(benchmark, f"{st.schedules} schedules ({st.schedules / best:,.0f}/s), {st.points_total} points")
+
+
+@pytest.mark.parametrize("reduction", [True, False], ids=["dpor", "plain"])
+def test_toy_unbounded(benchmark: Any, reduction: bool) -> None:
+    """Two threads of three locked steps, no preemption bound: source-DPOR against the plain
+    search of every interleaving.  Both must see the same outcomes; DPOR runs fewer."""
+    n = 1 if is_disabled(benchmark) else 3
+    result: list[Any] = []
+
+    def search() -> None:
+        result.append(
+            explore(_locked_steps(n), _judge_all, bound=None, reduction=reduction, traces=False, shrink=False)
+        )
+
+    benchmark.pedantic(search, rounds=1, iterations=1)
+    ex = result[-1]
+    st = ex.stats
+    assert ex.clean and st.exhausted
+    other = explore(_locked_steps(n), _judge_all, bound=None, reduction=not reduction, traces=False, shrink=False)
+    assert set(ex.outcomes) == set(other.outcomes)
+    fewer = st.schedules if reduction else other.stats.schedules
+    more = other.stats.schedules if reduction else st.schedules
+    assert fewer <= more, "the reduction ran more schedules than the plain search"
+    tag(
+        benchmark,
+        table=f"Explorer: two threads of {n} locked steps, no bound",
+        row="source-DPOR + sleep sets (bound=None)" if reduction else "plain: every interleaving",
+        key="toy-unbounded" if reduction else "toy-unbounded-plain",
+        floor=FLOOR_GREENLET,
+        per=st.points_total,
+        show="total",
+        note=f"{st.schedules} sched",
+    )
+    benchmark.extra_info["schedules"] = st.schedules
+
+
+@pytest.mark.parametrize("jobs", [1, 2], ids=["serial", "jobs2"])
+def test_parallel_split(benchmark: Any, jobs: int) -> None:
+    """One depth-first search (device_fd_vs_unbind at the base, bound 1: three threads with
+    its kworker) serially and split over two processes: the same schedules, less wall time
+    when two cores are free."""
+    bound = 0 if is_disabled(benchmark) else 1
+    sc = SCENARIOS["device_fd_vs_unbind"]
+    program = make_program(sc.fn, "base", review_fixes=False, ablation=None, noiommu=sc.noiommu)
+    result: list[Any] = []
+
+    def search() -> None:
+        result.append(
+            explore(program, judge_execution, bound=bound, traces=False, shrink=False, reduction=False, jobs=jobs)
+        )
+
+    benchmark.pedantic(search, rounds=1, iterations=1)
+    st = result[-1].stats
+    assert st.exhausted
+    tag(
+        benchmark,
+        table="Explorer: one search split over processes (device_fd_vs_unbind, base, bound 1, plain)",
+        row=f"--jobs {jobs}",
+        key=f"split:{jobs}",
+        floor=FLOOR_GREENLET,
+        per=st.points_total,
+        show="total",
+        note=f"{st.schedules} sched",
+    )
+    benchmark.extra_info["schedules"] = st.schedules
 
 
 # -- scenarios to exhaustion -----------------------------------------------------------------------
