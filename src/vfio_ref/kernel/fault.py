@@ -144,6 +144,9 @@ class FaultInjector:
                 self.points.append(p)
             if fail:
                 self.injected.append(p)
+                s = self.kernel.sched
+                if s is not None and getattr(s, "tracing", False):
+                    s.note("inject", f"{kind} fails ({detail or function}; FAULT_INJECTION: forcing a failure)")
                 self.kernel.printk(
                     f"FAULT_INJECTION: forcing a failure. name {name} ({detail}), nth={self._seq}"
                 )

@@ -357,6 +357,8 @@ def kfree(k: Kernel, obj: object) -> None:
         exc2 = DoubleFree(msg, function=fn, what=f"double-free of {orig}")
         exc2.backtrace = backtrace(2)
         raise exc2
+    if s is not None and getattr(s, "tracing", False):
+        s.note("kfree", obj=obj)  # a step of its own in a traced replay's swimlanes
     alloc = k.slab.untrack(obj)
     if not k.slab.kasan:
         return
