@@ -195,6 +195,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         max_schedules=args.max_schedules,
         check_reduction=args.check_reduction,
         include_unreachable=args.include_unreachable,
+        fail=args.fail or (),
+        chains=args.chains,
     )
     interrupted = any(s.interrupted for s in v.stats)
     if args.json:
@@ -230,16 +232,37 @@ def _level_cls(level: str, review_fixes: bool) -> Any:
     return level_class(level, review_fixes)
 
 
+def _variant(text: str, args: argparse.Namespace) -> Any:
+    """LEVEL[+fix][+ABLATION], with --review-fixes / --ablation applying too."""
+    from .vfio.source import parse_variant
+
+    return parse_variant(text, review_fixes=args.review_fixes, ablation=getattr(args, "ablation", None))
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    cls = _level_cls(args.level, args.review_fixes)
+    from .vfio.source import kernel_functions, show, substrate_switch
+
+    v = _variant(args.level, args)
+    cls = v.cls()
     if args.list or args.function is None:
-        print(f"functions modelled at {args.level}:")
+        print(f"functions of vfio.c modelled at {v.spelling}:")
         for name in cls.function_names():
             print(f"  {name}")
-        print(f"structs at {args.level}: " + ", ".join(f"struct {s}" for s in sorted(cls.structs())))
+        print(f"structs at {v.spelling}: " + ", ".join(f"struct {s}" for s in sorted(cls.structs())))
+        names = sorted(kernel_functions())
+        print(f"the simulated kernel and the platform ({len(names)} functions, the same at every level):")
+        print("  " + " ".join(names))
+        sw = substrate_switch(v)
+        if sw is not None:
+            print()
+            print(sw.rstrip())
         return 0
-    name = args.function.removeprefix("struct ")
-    print(cls.source_of(name))
+    print(show(v, args.function).rstrip())
+    sw = substrate_switch(v)
+    if sw is not None and args.function in ("cdev_device_add", "cdev_device_del", "cdev_add", "cdev_put",
+                                           "iommu_group_register_notifier", "vfio_create_group"):
+        print()
+        print(sw.rstrip())
     return 0
 
 
@@ -249,28 +272,42 @@ def _body(src: str) -> list[str]:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    a = _level_cls(args.level_a, args.review_fixes)
-    b = _level_cls(args.level_b, args.review_fixes)
-    names_a = set(a.function_names()) | set(a.structs())
-    names_b = set(b.function_names()) | set(b.structs())
+    from .vfio.source import diff_names, substrate_switch
+
+    va = _variant(args.level_a, args)
+    vb = _variant(args.level_b, args)
+    a, b = va.cls(), vb.cls()
+    sa, sb = a.structs(), b.structs()
     changed = 0
-    for name in sorted(names_a | names_b):
-        src_a = _body(a.source_of(name)) if name in names_a else []
-        src_b = _body(b.source_of(name)) if name in names_b else []
+    for name in diff_names(va, vb):
+        ra, rb = a.resolve(name), b.resolve(name)
+        src_a = _body(a.source_of(name)) if ra is not None else []
+        src_b = _body(b.source_of(name)) if rb is not None else []
         if src_a == src_b:
             continue
         changed += 1
-        label = f"struct {name}" if name in a.structs() or name in b.structs() else name
+        label = f"struct {name}" if name in sa or name in sb else name
         print(f"=== {label}: " + ("added" if not src_a else "removed" if not src_b else "changed"))
         sys.stdout.writelines(
-            difflib.unified_diff(src_a, src_b, fromfile=f"{args.level_a}/{label}", tofile=f"{args.level_b}/{label}")
+            difflib.unified_diff(src_a, src_b, fromfile=f"{va.spelling}/{label}", tofile=f"{vb.spelling}/{label}")
         )
         print()
-    print(f"{changed} function(s) or struct(s) differ between {args.level_a} and {args.level_b}.")
+    for v, other in ((va, vb), (vb, va)):
+        sw = substrate_switch(v)
+        if sw is not None and substrate_switch(other) != sw:
+            changed += 1
+            print(f"=== {v.spelling} switches the simulated kernel:")
+            print(sw.rstrip())
+            print()
+    print(f"{changed} function(s) or struct(s) differ between {va.spelling} and {vb.spelling}.")
+    if changed == 0 and va == vb:
+        print("(the same variant on both sides: spell the review fix as LEVEL+fix, an ablation as LEVEL+NAME)")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "faults":
+        return _list_faults(args)
     if args.what == "levels":
         from .vfio import LEVEL_CLASSES, REVIEW_FIX_LEVELS
 
@@ -288,6 +325,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for name, a in sorted(ablations_table().items()):
             print(f"{name:36s} [{', '.join(a.levels)}] {a.summary} (shown by {a.shows})")
+    return 0
+
+
+def _list_faults(args: argparse.Namespace) -> int:
+    from .scenarios import reached_points
+    from .scenarios.catalogue import FAULT_SWEEP_OF
+
+    scenario = _scenario_arg(args.scenario) if args.scenario else FAULT_SWEEP_OF
+    label = args.scenario or FAULT_SWEEP_OF
+    pts = reached_points(scenario, args.level, review_fixes=args.review_fixes, ablation=args.ablation)
+    print(f"fault points {label} reaches at {args.level} after begin() (default schedule), in order:")
+    w = max([len(p.name) for p in pts] + [5])
+    for p in pts:
+        can = "can fail" if p.reachable else "cannot fail in 5.15/5.16"
+        print(f"  {p.name:<{w}}  x{p.calls}  first injectable call #{p.first}  {can}: {p.why}")
+    if not pts:
+        print("  (none)")
+    print(f"fail one: vfio-ref explore {label} --level {args.level} --fail POINT[:N]")
     return 0
 
 
@@ -366,7 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ablation")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-trace", action="store_true", help="omit the swimlane traces")
-    e.add_argument("--full-trace", action="store_true", help="show the platform's setup in the traces too")
+    e.add_argument(
+        "--full-trace", action="store_true",
+        help="show the platform's setup and the driver-core traffic in the traces too",
+    )
+    e.add_argument("--chains", action="store_true", help="print each step's whole call chain in the traces")
+    e.add_argument(
+        "--fail", action="append", metavar="POINT[:N]",
+        help="fail this fault point (every call, or its Nth call after the scenario's begin()); repeatable; "
+        "`vfio-ref list faults --level L --scenario S` lists the points",
+    )
     e.add_argument(
         "--no-reduction", action="store_true", help="plain depth-first search, without sleep sets and DPOR"
     )
@@ -380,21 +444,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(fn=cmd_explore)
 
-    s = sub.add_parser("show", help="the effective source of a modelled function or struct at a level")
-    s.add_argument("level")
+    s = sub.add_parser(
+        "show", help="the effective source of a function or struct of vfio.c at a level, or of the simulated kernel"
+    )
+    s.add_argument("level", help="LEVEL, LEVEL+fix (the review fix) or LEVEL+ABLATION")
     s.add_argument("function", nargs="?")
     s.add_argument("--list", action="store_true", help="list what is modelled at the level")
     s.add_argument("--review-fixes", action="store_true")
+    s.add_argument("--ablation", help="show the level with this ablation (see `vfio-ref list ablations`)")
     s.set_defaults(fn=cmd_show)
 
     d = sub.add_parser("diff", help="what changed between two levels, function by function")
-    d.add_argument("level_a")
-    d.add_argument("level_b")
-    d.add_argument("--review-fixes", action="store_true")
+    d.add_argument("level_a", help="LEVEL, LEVEL+fix (the review fix) or LEVEL+ABLATION")
+    d.add_argument("level_b", help="LEVEL, LEVEL+fix (the review fix) or LEVEL+ABLATION")
+    d.add_argument("--review-fixes", action="store_true", help="apply the review fixes on both sides")
     d.set_defaults(fn=cmd_diff)
 
-    li = sub.add_parser("list", help="list scenarios, levels or ablations")
-    li.add_argument("what", choices=["scenarios", "levels", "ablations"])
+    li = sub.add_parser("list", help="list scenarios, levels, ablations, or the fault points a scenario reaches")
+    li.add_argument("what", choices=["scenarios", "levels", "ablations", "faults"])
+    li.add_argument("--level", help="list faults: at this level")
+    li.add_argument("--scenario", help="list faults: of this scenario or FILE.py:FUNCTION (default: lifecycle)")
+    li.add_argument("--review-fixes", action="store_true", help="list faults: with the review fixes")
+    li.add_argument("--ablation", help="list faults: with this ablation")
     li.set_defaults(fn=cmd_list)
 
     b = sub.add_parser("bench", help="run the benchmark suite and write a Markdown report")
@@ -515,15 +586,38 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
             _refuse("--check-reduction compares the reduced search with the plain one: it needs the reduction")
         if args.full_trace and args.no_trace:
             _refuse("--full-trace and --no-trace exclude each other: --full-trace shows more of the traces")
+        if args.chains and (args.no_trace or args.json):
+            _refuse("--chains prints call chains in the swimlanes: not with --no-trace or --json "
+                    "(the JSON events carry every chain)")
+        if args.fail:
+            from .scenarios import parse_fail
+
+            if args.scenario == "fault_sweep":
+                _refuse("--fail does not apply to fault_sweep: it fails each point in turn")
+            specs = [parse_fail(x) for x in args.fail]
+            no_duplicates("--fail", [x for x, _ in specs if _ is None], "point fails every call")
     elif cmd == "show":
-        check_level(args.level)
-        review_fixes_apply([args.level])
+        v = _variant(args.level, args)
+        review_fixes_apply([v.level])
         if args.list and args.function is not None:
             _refuse(f"--list lists every function at {args.level}: give FUNCTION or --list, not both")
     elif cmd == "diff":
-        check_level(args.level_a)
-        check_level(args.level_b)
-        review_fixes_apply([args.level_a, args.level_b])
+        va = _variant(args.level_a, args)
+        vb = _variant(args.level_b, args)
+        review_fixes_apply([va.level, vb.level])
+    elif cmd == "list":
+        if args.what == "faults":
+            if args.level is None:
+                _refuse("list faults needs --level LEVEL: the points a scenario reaches depend on the level")
+            check_level(args.level)
+            if args.scenario is not None and not _is_scenario_file(args.scenario):
+                check_scenario(args.scenario)
+            check_ablation(args.ablation, args.level)
+            review_fixes_apply([args.level])
+        else:
+            for opt in ("level", "scenario", "review_fixes", "ablation"):
+                if opt in given:
+                    _refuse(f"--{opt.replace('_', '-')} applies to `list faults` only, not `list {args.what}`")
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,10 +83,13 @@ class Cell:
 
 
 def finding_json(f: Any) -> dict[str, Any]:
-    """A finding as data (the schema in docs/EXPLORER.md)."""
+    """A finding as data (the schema is docs/vfio-ref.schema.json, described in
+    docs/EXPLORER.md): its kind and identity, the detail in the kernel's report shape, the
+    schedule that produces it and the fault injected for it, and the steps of that schedule."""
     return {
         "kind": f.kind,
         "id": {"kind": f.ident.kind, "function": f.ident.function, "what": f.ident.what, "other": f.ident.other},
+        "summary": f.detail.splitlines()[0] if f.detail else "",
         "detail": f.detail,
         "schedule": f.schedule,
         "preemptions": f.preemptions,
@@ -94,11 +97,44 @@ def finding_json(f: Any) -> dict[str, Any]:
         "count": f.count,
         "reproduced": f.reproduced,
         "threads": list(f.threads),
-        "events": [
-            {"step": e.step, "thread": e.thread, "op": e.op, "what": e.what, "functions": list(e.functions),
-             "switch": e.switch}
-            for e in f.events
-        ],
+        "events": events_json(f.events),
+    }
+
+
+def events_json(events: Any) -> list[dict[str, Any]]:
+    """The steps of a trace, numbered as the swimlanes number them; ``setup`` marks the
+    steps that built the platform (before the scenario's ``begin()``)."""
+    from .explorer.trace import SETUP_DONE
+
+    marks = [i for i, e in enumerate(events) if e.op == SETUP_DONE]
+    end = marks[-1] if marks else -1
+    out = []
+    n = 0
+    for i, e in enumerate(events):
+        if e.op == SETUP_DONE:
+            continue
+        n += 1
+        out.append(event_json(n, e, setup=i < end))
+    return out
+
+
+def event_json(n: int, e: Any, *, setup: bool = False) -> dict[str, Any]:
+    """One step of a finding's trace."""
+    return {
+        "step": n,
+        "setup": setup,
+        "thread": e.thread,
+        "op": e.op,
+        "caller": e.caller,
+        "what": e.what,
+        "expr": e.expr,
+        "before": e.before,
+        "after": e.after,
+        "mark": e.mark,
+        "user_call": e.user,
+        "vfio": e.vfio,
+        "switch": e.switch,
+        "functions": list(e.functions),
     }
 
 

@@ -56,7 +56,11 @@ def type_name(obj: Any) -> str:
 
 def var_name(obj: Any) -> str:
     """The variable a kernel function holds ``obj`` in (``group`` for a VfioGroup)."""
-    t = type_name(obj)
+    return var_for_type(type_name(obj))
+
+
+def var_for_type(t: str) -> str:
+    """The variable a kernel function holds a struct of type name ``t`` in."""
     return VAR_NAMES.get(t) or _CAMEL.sub("_", t).lower()
 
 

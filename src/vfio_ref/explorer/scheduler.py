@@ -216,6 +216,7 @@ class TraceEvent:
     user: str = ""
     vfio: bool = True
     location: str = ""
+    oid: int = 0  # id() of the object touched, to follow one object through a trace
 
 
 @dataclass
@@ -731,7 +732,7 @@ class ControlledScheduler:
                 caller, text, expr, before, reader = describe_step(op, obj, field, fi.chain)
                 ev = TraceEvent(
                     self.step_no, cur.index, op, text, fi.chain, self._pending_switch, caller, expr, before,
-                    vfio=fi.vfio, location=location_of(obj, field),
+                    vfio=fi.vfio, location=location_of(obj, field), oid=id(obj) if obj is not None else 0,
                 )
                 self._user_mark(cur, ev, fi)
                 if reader is None:

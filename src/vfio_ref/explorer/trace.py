@@ -89,7 +89,6 @@ def render_swimlanes(
             setup_folded += 1
             continue
         numbered.append((n, ev))
-    cols = [i for i in range(len(threads)) if any(ev.thread == i for _, ev in numbered)] or list(range(len(threads)))
 
     def name(i: int) -> str:
         return threads[i] if i < len(threads) else str(i)
@@ -104,7 +103,8 @@ def render_swimlanes(
         nonlocal pending_fold
         if pending_fold:
             steps = f"step {fold_from}" if pending_fold == 1 else f"steps {fold_from}-{fold_from + pending_fold - 1}"
-            rows.append(("note", None, [f"({steps}: driver-core traffic without vfio.c folded; --full-trace shows it)"]))
+            note = f"({steps}: driver-core traffic without vfio.c folded; --full-trace shows it)"
+            rows.append(("note", None, [note]))
             pending_fold = 0
 
     # A program with no vfio.c at all (a toy of the explorer's tests) folds nothing.
@@ -128,6 +128,8 @@ def render_swimlanes(
         rows.append((str(no), ev.thread, lines))
     flush_fold()
 
+    shown = {th for _, th, _ in rows if th is not None}
+    cols = [i for i in range(len(threads)) if i in shown] or list(range(len(threads)))
     colw = {i: len(name(i)) for i in cols}
     for _, th, lines in rows:
         if th is not None and th in colw:
@@ -152,7 +154,8 @@ def render_swimlanes(
         for k, line in enumerate(wrapped):
             cells = [line if i == th else "" for i in cols]
             label = step if k == 0 else ""
-            out.append((f"{label:>5} | " + " | ".join(f"{c:<{colw[i]}}" for c, i in zip(cells, cols, strict=True))).rstrip())
+            body = " | ".join(f"{c:<{colw[i]}}" for c, i in zip(cells, cols, strict=True))
+            out.append(f"{label:>5} | {body}".rstrip())
         return out
 
     header = "step  | " + " | ".join(f"{name(i):<{colw[i]}}" for i in cols)

@@ -75,7 +75,7 @@ def _shown(code: Any) -> str | None:
 def _user_label(f: FrameType) -> str:
     fn = f.f_locals.get("fn")
     name = getattr(fn, "__name__", "?")
-    args = f.f_locals.get("args") or ()
+    args: tuple[Any, ...] = tuple(f.f_locals.get("args") or ())
     verb = USER_CALLS.get(name, "")
     if not verb:
         return ""
