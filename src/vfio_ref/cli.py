@@ -112,7 +112,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         rep = build_report(
-            args.scenario,
+            [*(args.scenario or ()), *(args.scenario_file or ())] or None,
             args.level,
             review_fixes=args.review_fixes,
             ablation=args.ablation,
@@ -121,6 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             jobs=args.jobs if args.jobs is not None else default_jobs(),
             check_reduction=args.check_reduction,
             findings=args.findings,
+            coverage=args.coverage,
             on_cell=tick,
         )
     except KeyboardInterrupt:
@@ -150,31 +151,13 @@ def _report_status(n: int) -> int:
 
 def _scenario_arg(text: str) -> Any:
     """A catalogue name, or FILE.py:FUNCTION (a scenario function written as docs/EXPLORER.md shows)."""
-    if not _is_scenario_file(text):
-        return text
-    path, fn_name = text.rsplit(":", 1)
-    import importlib.util
-    import os
+    from .scenarios.user import is_scenario_file, load_scenario
 
-    if not os.path.isfile(path):
-        raise ModelUsageError(f"scenario file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"vfio_ref_user_{abs(hash(path))}", path)
-    if spec is None or spec.loader is None:
-        raise ModelUsageError(f"cannot load {path!r} as a Python file")
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:
-        raise ModelUsageError(f"loading {path!r} failed: {type(e).__name__}: {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if fn is None or not callable(fn):
-        names = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))
-        raise ModelUsageError(f"{path!r} has no function {fn_name!r} (it defines: {', '.join(names) or 'none'})")
-    return fn
+    return load_scenario(text) if is_scenario_file(text) else text
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from .report import finding_json
+    from .report import finding_json, swept_json
     from .scenarios import run
 
     scenario = _scenario_arg(args.scenario)
@@ -197,6 +180,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         include_unreachable=args.include_unreachable,
         fail=args.fail or (),
         chains=args.chains,
+        coverage=args.coverage,
     )
     interrupted = any(s.interrupted for s in v.stats)
     if args.json:
@@ -209,8 +193,15 @@ def cmd_explore(args: argparse.Namespace) -> int:
             "kinds": v.kinds(),
             "schedules": sum(s.schedules for s in v.stats),
             "returns": v.returns,
+            "review_fixes": v.review_fixes,
+            "ablation": v.ablation,
+            "injected": list(v.injected),
             "findings": [finding_json(f) for f in v.findings],
         }
+        if v.swept:
+            doc["swept"] = [swept_json(sp) for sp in v.swept]
+        if v.coverage is not None:
+            doc["coverage"] = v.coverage.to_json()
         if v.check is not None:
             doc["reduction_check"] = {"agree": v.check.agree, "plain_complete": v.check.plain.complete}
         print(json.dumps(doc, indent=2))
@@ -385,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the matrix as JSON")
     r.add_argument("--findings", action="store_true", help="with --json: every finding of every cell")
     r.add_argument("--scenario", action="append", help="only this scenario (repeatable)")
+    r.add_argument(
+        "--scenario-file", action="append", metavar="FILE.py:FUNCTION",
+        help="a row for your own scenario (repeatable; without --scenario, only these rows)",
+    )
     r.add_argument("--level", action="append", help="only this level (repeatable)")
     r.add_argument("--review-fixes", action="store_true", help="apply the fix agreed in review to p3/p4")
     r.add_argument("--ablation", help="remove one design decision (see `vfio-ref list ablations`)")
@@ -402,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=_jobs, default=None, help="worker processes (default: every core)")
     r.add_argument(
         "--check-reduction", action="store_true", help="also run the plain search of each cell and compare"
+    )
+    r.add_argument(
+        "--coverage", action="store_true",
+        help="a coverage table: the vfio.c functions and branches each cell's schedules reached (slower)",
     )
     r.set_defaults(fn=cmd_report)
 
@@ -426,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the platform's setup and the driver-core traffic in the traces too",
     )
     e.add_argument("--chains", action="store_true", help="print each step's whole call chain in the traces")
+    e.add_argument(
+        "--coverage", action="store_true",
+        help="say which modelled vfio.c functions and branches the explored schedules reached (slower)",
+    )
     e.add_argument(
         "--fail", action="append", metavar="POINT[:N]",
         help="fail this fault point (every call, or its Nth call after the scenario's begin()); repeatable; "
@@ -500,7 +503,9 @@ def _refuse(rule: str) -> None:
 
 
 def _is_scenario_file(text: str) -> bool:
-    return ":" in text and text.split(":", 1)[0].endswith(".py")
+    from .scenarios.user import is_scenario_file
+
+    return is_scenario_file(text)
 
 
 def check_args(args: argparse.Namespace, given: set[str]) -> None:
@@ -537,11 +542,16 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
     if cmd == "report":
         bound_ok()
         levels = list(args.level or _levels())
-        scenarios = list(args.scenario or SCENARIO_NAMES)
+        scenarios = list(args.scenario or ([] if args.scenario_file else SCENARIO_NAMES))
         for lv in levels:
             check_level(lv)
         for name in scenarios:
             check_scenario(name)
+        for spec in args.scenario_file or ():
+            if not _is_scenario_file(spec):
+                _refuse(f"--scenario-file {spec!r}: expected FILE.py:FUNCTION (a catalogue one goes in --scenario)")
+            _scenario_arg(spec)
+        no_duplicates("--scenario-file", list(args.scenario_file or ()), "scenario is one row of the report")
         no_duplicates("--level", levels, "level is one column of the report")
         no_duplicates("--scenario", scenarios, "scenario is one row of the report")
         if args.ablation is not None:

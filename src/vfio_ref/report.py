@@ -79,7 +79,15 @@ class Cell:
             doc["error"] = self.error
         if findings and self.verdict is not None:
             doc["findings"] = [finding_json(f) for f in self.verdict.findings]
+        cov = getattr(self.verdict, "coverage", None)
+        if cov is not None:
+            doc["coverage"] = cov.to_json()
         return doc
+
+    def coverage_text(self) -> str:
+        """The coverage column's cell: functions reached and branches taken ("" without)."""
+        cov = getattr(self.verdict, "coverage", None)
+        return "" if cov is None else str(cov.cell())
 
 
 def finding_json(f: Any) -> dict[str, Any]:
@@ -99,6 +107,11 @@ def finding_json(f: Any) -> dict[str, Any]:
         "threads": list(f.threads),
         "events": events_json(f.events),
     }
+
+
+def swept_json(sp: Any) -> dict[str, Any]:
+    """One point of a fault sweep and its verdict."""
+    return {"point": sp.point, "nth": sp.nth, "reachable": sp.reachable, "verdict": sp.verdict, "kinds": list(sp.kinds)}
 
 
 def events_json(events: Any) -> list[dict[str, Any]]:
@@ -193,6 +206,17 @@ class Report:
             lines.append("")
             lines.append("p3 and p4 run as posted: vfio_create_group frees the group it returns (found in review);")
             lines.append("--review-fixes applies the fix agreed in the thread.")
+        if any(c.coverage_text() for c in self.cells.values()):
+            lines.append("")
+            lines.append("coverage: vfio.c functions reached (fn) and branches taken (br) by each cell's schedules")
+            covw = {lv: max(len(lv), *(len(self.cells[(n, lv)].coverage_text()) for n in self.scenarios))
+                    for lv in self.levels}
+            lines.append(f"{'scenario':<{namew}}  " + "  ".join(f"{lv:<{covw[lv]}}" for lv in self.levels).rstrip())
+            for n in self.scenarios:
+                lines.append(
+                    f"{n:<{namew}}  "
+                    + "  ".join(f"{self.cells[(n, lv)].coverage_text():<{covw[lv]}}" for lv in self.levels).rstrip()
+                )
         if self.errors:
             lines.append("")
             lines.append("error: the model raised instead of giving a verdict (every other cell was computed):")
@@ -228,40 +252,46 @@ class _Job:
     max_schedules: int | None
     check_reduction: bool
     traces: bool
+    coverage: bool = False
 
 
 def _run_cell(job: _Job) -> Cell:
     """One cell (in this process or a worker): never raises for a failing model run."""
     from .scenarios import run
+    from .scenarios.user import is_scenario_file, load_scenario
 
     t0 = time.perf_counter()
     cell = Cell(job.scenario, job.level)
+    scenario: Any = job.scenario
     try:
+        if is_scenario_file(job.scenario):
+            scenario = load_scenario(job.scenario)  # loaded here: a worker process loads it too
         if job.bound == AUTO:
             budget = AUTO_BUDGET if job.max_schedules is None else min(AUTO_BUDGET, job.max_schedules)
             v = run(
-                job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
-                max_schedules=budget, traces=job.traces, check_reduction=False,
+                scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
+                max_schedules=budget, traces=job.traces, coverage=job.coverage, check_reduction=False,
             )
             cell.space = "all"
             if not v.complete and not any(s.interrupted for s in v.stats):
                 v = run(
-                    job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
+                    scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
                     bound=AUTO_FALLBACK_BOUND, max_schedules=job.max_schedules, traces=job.traces,
-                    check_reduction=job.check_reduction,
+                    coverage=job.coverage, check_reduction=job.check_reduction,
                 )
                 cell.space = f"bound {AUTO_FALLBACK_BOUND}"
                 cell.fallback = True
             elif job.check_reduction:
                 v = run(
-                    job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
-                    max_schedules=budget, traces=job.traces, check_reduction=True,
+                    scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
+                    max_schedules=budget, traces=job.traces, coverage=job.coverage, check_reduction=True,
                 )
         else:
             bound = job.bound if job.bound is None or isinstance(job.bound, int) else AUTO_FALLBACK_BOUND
             v = run(
-                job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=bound,
-                max_schedules=job.max_schedules, traces=job.traces, check_reduction=job.check_reduction,
+                scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=bound,
+                max_schedules=job.max_schedules, traces=job.traces, coverage=job.coverage,
+                check_reduction=job.check_reduction,
             )
             cell.space = "all" if bound is None else f"bound {bound}"
         cell.verdict = v
@@ -291,6 +321,7 @@ def build_report(
     jobs: int = 1,
     check_reduction: bool = False,
     findings: bool = False,
+    coverage: bool = False,
     on_cell: Callable[[Cell], None] | None = None,
 ) -> Report:
     """Run the matrix (see the module docstring).  ``jobs`` > 1 computes cells in that many
@@ -301,9 +332,13 @@ def build_report(
     lv = list(levels) if levels else list(LEVELS)
     for level in lv:
         check_level(level)
+    from .scenarios.user import is_scenario_file, load_scenario
+
     sc = list(scenarios) if scenarios else list(SCENARIO_NAMES)
     for name in sc:
-        if name not in SCENARIO_NAMES:
+        if is_scenario_file(name):
+            load_scenario(name)  # a missing file or function is refused before anything runs
+        elif name not in SCENARIO_NAMES:
             raise ModelUsageError(f"unknown scenario {name!r}: the scenarios are {', '.join(SCENARIO_NAMES)}")
     if len(set(lv)) != len(lv) or len(set(sc)) != len(sc):
         raise ModelUsageError("a level or scenario is asked for twice: name each once")
@@ -317,7 +352,7 @@ def build_report(
     if isinstance(bound, int) and bound < 0:
         raise ModelUsageError(f"bound must be 0 or more preemptions, none, or auto, not {bound}")
     work = [
-        _Job(n, level, review_fixes, ablation, bound, max_schedules, check_reduction, findings)
+        _Job(n, level, review_fixes, ablation, bound, max_schedules, check_reduction, findings, coverage)
         for n in sc
         for level in lv
     ]

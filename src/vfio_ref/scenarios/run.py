@@ -11,6 +11,7 @@ here knows what a level "should" do: verdicts come from running the model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from ..kernel.core import ModelUsageError
 from ..kernel.fault import UNREACHABLE_NOTE, can_fail, fault_kind
 from ..vfio import check_ablation, check_level
 from .catalogue import FAULT_SWEEP_OF, SCENARIO_NAMES, SCENARIOS
+from .coverage import Coverage, CoverageReport
 from .harness import ScenarioContext, describe_observations, judge_execution, make_program
 
 ScenarioFn = Callable[[ScenarioContext], None]
@@ -49,6 +51,7 @@ class Verdict:
     check: ReductionCheck | None = None
     swept: list[SweptPoint] = field(default_factory=list)  # fault_sweep: each point and its verdict
     injected: list[str] = field(default_factory=list)  # the failures asked for (fail=)
+    coverage: CoverageReport | None = None  # what the explored schedules reached (coverage=True)
 
     @property
     def complete(self) -> bool:
@@ -120,6 +123,9 @@ class Verdict:
             if traces and f.trace:
                 lines.append(f.trace)
         lines.append("")
+        if self.coverage is not None:
+            lines.append(self.coverage.render())
+            lines.append("")
         for st in self.stats:
             lines.append(st.render())
         if self.check is not None:
@@ -222,6 +228,7 @@ def run(
     include_unreachable: bool = False,
     fail: Sequence[FailSpec | str] = (),
     chains: bool = False,
+    coverage: bool = False,
 ) -> Verdict:
     """Run scenario ``name`` (a catalogue name, or a scenario function of a
     :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring).
@@ -259,6 +266,7 @@ def run(
                 max_schedules=max_schedules,
                 include_unreachable=include_unreachable,
                 chains=chains,
+                coverage=coverage,
             )
         if include_unreachable:
             raise ModelUsageError("include_unreachable applies to fault_sweep only")
@@ -271,22 +279,24 @@ def run(
     if specs:
         check_fail(fn, level, specs, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
     program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu, fail=specs)
-    ex = explore(
-        program,
-        judge_execution,
-        mode=mode,
-        random=random,
-        bound=bound,
-        seed=seed,
-        runs=runs,
-        replay=replay,
-        traces=traces,
-        reduction=reduction,
-        max_schedules=max_schedules,
-        progress=progress,
-        label=f"{label}@{level}",
-        check_reduction=check_reduction,
-    )
+    cov = Coverage(level, review_fixes, ablation) if coverage else None
+    with cov if cov is not None else contextlib.nullcontext():
+        ex = explore(
+            program,
+            judge_execution,
+            mode=mode,
+            random=random,
+            bound=bound,
+            seed=seed,
+            runs=runs,
+            replay=replay,
+            traces=traces,
+            reduction=reduction,
+            max_schedules=max_schedules,
+            progress=progress,
+            label=f"{label}@{level}",
+            check_reduction=check_reduction,
+        )
     injected = [fail_label(p, n) for p, n in specs]
     _render(ex, injected=", ".join(injected) or None, traces=traces, full_trace=full_trace, chains=chains)
     # The default schedule: its return codes and, when clean, its trace.
@@ -302,7 +312,7 @@ def run(
             trace = render_swimlanes(base.sched.trace, names, last="clean", full=full_trace, chains=chains)
     return Verdict(
         label, level, review_fixes, ablation, ex.findings, obs, [ex.stats], trace, ex.returns(), ex.check,
-        injected=injected,
+        injected=injected, coverage=cov.report() if cov is not None else None,
     )
 
 
@@ -396,6 +406,7 @@ def run_fault_sweep(
     max_schedules: int | None = DEFAULT_MAX_SCHEDULES,
     include_unreachable: bool = False,
     chains: bool = False,
+    coverage: bool = False,
 ) -> Verdict:
     """The lifecycle, once per injectable failure point with that point failed (the Nth
     injectable call of the scenario proper), each explored over the same space.
@@ -409,6 +420,7 @@ def run_fault_sweep(
     stats: list[Stats] = []
     swept = 0
     swept_points: list[SweptPoint] = []
+    cov = Coverage(level, review_fixes, ablation) if coverage else None
     for n, point in enumerate(points, start=1):  # n counts every injectable call (fail_nth)
         reachable = can_fail(point)
         if not reachable and not include_unreachable:
@@ -417,15 +429,16 @@ def run_fault_sweep(
         program = make_program(
             sc.fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=sc.noiommu, fail_nth=n
         )
-        ex = explore(
-            program,
-            judge_execution,
-            bound=bound,
-            reduction=reduction,
-            max_schedules=max_schedules,
-            traces=traces,
-            label=f"fault_sweep@{level}",
-        )
+        with cov if cov is not None else contextlib.nullcontext():
+            ex = explore(
+                program,
+                judge_execution,
+                bound=bound,
+                reduction=reduction,
+                max_schedules=max_schedules,
+                traces=traces,
+                label=f"fault_sweep@{level}",
+            )
         stats.append(ex.stats)
         note = "" if reachable else f", {UNREACHABLE_NOTE}"
         label = f"{point} (injectable call #{n}{note})"
@@ -462,4 +475,5 @@ def run_fault_sweep(
         [total],
         flist[0].trace if flist else "",
         swept=swept_points,
+        coverage=cov.report() if cov is not None else None,
     )
