@@ -122,9 +122,12 @@ def frame_info(skip: int = 2) -> FrameInfo:
     user = ""
     user_frame = 0
     outside = 0
+    other = ""  # the first function outside the model (a toy program's), when no kernel one is
     while f is not None:
         code = f.f_code
         fn = code.co_filename
+        if not other and not chain and not _is_model_file(fn) and code.co_name not in _NOT_OTHER:
+            other = code.co_name
         if code.co_name == "_entry" and fn.endswith(_PLATFORM) and not user:
             user = _user_label(f)
             if user:
@@ -141,7 +144,13 @@ def frame_info(skip: int = 2) -> FrameInfo:
             if outside >= 8:
                 break
         f = f.f_back
+    if not chain and other:
+        chain.append(other)
     return FrameInfo(tuple(chain), vfio, user, user_frame)
+
+
+# Frames of the explorer and of Python that are never the function that made an operation.
+_NOT_OTHER = frozenset(_SKIP_FRAMES | {"frame_info", "_proceed", "note", "point", "_thread_body", "body", "switch"})
 
 
 # -- values -----------------------------------------------------------------------------------
