@@ -114,9 +114,15 @@ def kexpr(obj: Any, field: str = "", depth: int = 0) -> str:
     base = _kexpr(obj, depth)
     if not field:
         return base
-    if type_name(obj) in STATIC_STRUCTS:
+    if type_name(obj) in STATIC_STRUCTS or is_embedded(obj):
         return f"{base}.{field}"
     return f"{base}->{field}"
+
+
+def is_embedded(obj: Any) -> bool:
+    """Whether ``obj`` is a member of the struct it points back at (``group->cdev``)."""
+    c = _container(obj)
+    return c is not None and member_of(c, obj) is not None
 
 
 def _kexpr(obj: Any, depth: int) -> str:

@@ -239,6 +239,7 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
     exc.freed = info  # type: ignore[attr-defined]
     exc.field = field  # type: ignore[attr-defined]
     exc.access = access  # type: ignore[attr-defined]
+    exc.accessed = obj  # type: ignore[attr-defined]  # the freed struct touched (maybe embedded in another)
     return exc
 
 

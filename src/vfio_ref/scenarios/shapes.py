@@ -183,13 +183,26 @@ def live_objects(k: Any) -> list[tuple[Any, Leak]]:
 # -- the reports ---------------------------------------------------------------------------------
 
 
+def accessed_expr(f: UseAfterFree, container_type: str, field: str) -> tuple[str, str]:
+    """(kernel expression of the member touched, the struct it belongs to) of a
+    use-after-free: ``group->cdev.owner`` in ``struct cdev, inside struct vfio_group``."""
+    obj = getattr(f, "accessed", None)
+    if obj is None:
+        return expr_of(container_type, field), struct_name(container_type) if container_type else "?"
+    t = type_name(obj)
+    where = struct_name(t)
+    if container_type and container_type != t:
+        where += f", inside {struct_name(container_type)}"
+    return kexpr(obj, field), where
+
+
 def fault_step_text(f: KernelFault) -> str:
     if isinstance(f, UseAfterFree):
         field = getattr(f, "field", "")
         info: FreeInfo | None = getattr(f, "freed", None)
         t = info.type if info is not None else ""
         access = getattr(f, "access", "read")
-        return f"{access} {expr_of(t, field)}: use-after-free" if t else f"{f.what}: use-after-free"
+        return f"{access} {accessed_expr(f, t, field)[0]}: use-after-free"
     return f"{f.kind}: {f.message.splitlines()[0]}"
 
 
@@ -206,11 +219,8 @@ def kasan_report(f: UseAfterFree, tr: TraceView | None) -> str:
     lines = [head]
     at = tr.fault_step(f)
     step = f" at step {tr.number(at)}" if at is not None else ""
-    lines.append(
-        chain_block(
-            f"{access.capitalize()} of {expr_of(t, field)} ({struct_name(t)}) by task {f.thread}{step}:", f.backtrace
-        )
-    )
+    expr, where = accessed_expr(f, t, field)
+    lines.append(chain_block(f"{access.capitalize()} of {expr} ({where}) by task {f.thread}{step}:", f.backtrace))
     if info is not None:
         a: AllocInfo | None = info.allocated
         if a is not None:
@@ -227,7 +237,7 @@ def kasan_report(f: UseAfterFree, tr: TraceView | None) -> str:
             )
         )
     lines.append("")
-    lines.append(f"The buggy address belongs to the object of {struct_name(t)}: member {field}, freed.")
+    lines.append(f"The buggy address belongs to the object of {struct_name(t)}, freed: {expr} ({access}).")
     return "\n".join(lines)
 
 
