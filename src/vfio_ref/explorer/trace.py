@@ -21,6 +21,7 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from .scheduler import TraceEvent
 
@@ -172,3 +173,10 @@ def render_swimlanes(
         out.append(rule)
         out.append(last)
     return "\n".join(out)
+
+
+def render_finding(f: Any, *, full: bool = False, chains: bool = False, width: int | None = None) -> str:
+    """The swimlanes of an exploration's finding (its ``events``), ending with its summary,
+    as ``scenarios.run()`` prints them."""
+    head = f.detail.splitlines()[0] if f.detail else ""
+    return render_swimlanes(f.events, f.threads, last=f"{f.kind}: {head}", full=full, chains=chains, width=width)

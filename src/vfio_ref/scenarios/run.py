@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..explorer import explore, render_swimlanes, run_once
+from ..explorer import explore, render_finding, render_swimlanes, run_once
 from ..explorer.explore import (
     DEFAULT_MAX_SCHEDULES,
     Exploration,
@@ -201,9 +201,7 @@ def _render(
     for f in ex.findings:
         f.injected = injected
         if traces and f.events:
-            f.trace = render_swimlanes(
-                f.events, f.threads, last=f"{f.kind}: {f.detail.splitlines()[0]}", full=full_trace, chains=chains
-            )
+            f.trace = render_finding(f, full=full_trace, chains=chains)
 
 
 def run(
