@@ -123,6 +123,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             findings=args.findings,
             coverage=args.coverage,
             on_cell=tick,
+            cluster=args.cluster,
         )
     except KeyboardInterrupt:
         if progress:
@@ -181,6 +182,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         fail=args.fail or (),
         chains=args.chains,
         coverage=args.coverage,
+        jobs=args.jobs,
+        cluster=args.cluster,
     )
     interrupted = any(s.interrupted for s in v.stats)
     if args.json:
@@ -395,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stop each search after this many schedules (default {DEFAULT_MAX_SCHEDULES}; 'none': no cap)",
     )
     r.add_argument("--jobs", type=_jobs, default=None, help="worker processes (default: every core)")
+    r.add_argument("--cluster", metavar="ADDRESS", help="compute the cells on this Dask scheduler (tcp://host:port)")
     r.add_argument(
         "--check-reduction", action="store_true", help="also run the plain search of each cell and compare"
     )
@@ -412,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-schedules", type=_count, default=DEFAULT_MAX_SCHEDULES,
         help=f"stop after this many schedules (default {DEFAULT_MAX_SCHEDULES}; 'none': no cap)",
     )
+    e.add_argument(
+        "--jobs", type=_jobs, default=1,
+        help="split a depth-first search over this many processes (same result; default 1)",
+    )
+    e.add_argument("--cluster", metavar="ADDRESS", help="split a depth-first search over this Dask scheduler's workers")
     e.add_argument("--random", action="store_true", help="PCT random scheduling instead of a systematic search")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--runs", type=int, default=200)
@@ -590,6 +599,15 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
             if opt in given and (args.random or args.replay is not None):
                 mode = "--random (PCT) does not" if args.random else "--replay runs one schedule and does not"
                 _refuse(f"--{opt.replace('_', '-')} applies to the systematic search only: {mode} use it")
+        for opt in ("jobs", "cluster"):
+            if opt not in given:
+                continue
+            unbounded_reduced = args.bound is None and not args.no_reduction
+            if args.random or args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep":
+                _refuse(
+                    f"--{opt} splits one depth-first search (a bound, or --no-reduction): the unbounded reduced "
+                    "search, --random, --replay and fault_sweep run in one process (report --jobs splits cells)"
+                )
         if args.include_unreachable and args.scenario != "fault_sweep":
             _refuse("--include-unreachable applies to fault_sweep only: it adds failure points to the sweep")
         if args.check_reduction and args.no_reduction:

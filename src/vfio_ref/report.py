@@ -5,10 +5,15 @@ and returns a :class:`Report` of :class:`Cell` records; ``Report.render()`` is t
 matrix and ``Report.to_json()`` the document of ``vfio-ref report --json``.
 
 What each cell searched is stated, never implied.  With ``bound="auto"`` (the default) a cell
-is first searched with no preemption bound (source-DPOR), within a budget of schedules; when
-that search does not finish, the cell is searched again up to two preemptions and is marked
-``*``.  A cell whose search did not exhaust its space reads ``incomplete`` (or its finding
-kinds followed by "(incomplete)"), never ``clean``.  A cell whose run failed inside the model
+is searched up to AUTO_FALLBACK_BOUND preemption(s), then with no preemption bound
+(source-DPOR) within a budget of as many schedules as the bounded search took (at most
+AUTO_BUDGET); when the unbounded search finishes, the cell shows it, and otherwise the cell
+shows the bounded one, marked ``*``.  So the unbounded attempt never costs more than the
+bounded search did.  (The sound searches are expensive: the base's deferred put runs on a
+kworker, a third thread in every scenario; docs/EXPLORER.md has the measured table.)
+
+A cell whose search did not exhaust its space reads ``incomplete`` (or its finding kinds
+followed by "(incomplete)"), never ``clean``.  A cell whose run failed inside the model
 reads ``error``, with the message listed under the matrix, and every other cell is still
 computed.
 """
@@ -26,9 +31,10 @@ from .explorer.explore import DEFAULT_MAX_SCHEDULES
 from .kernel.core import ModelUsageError
 
 AUTO = "auto"
-# The budget of the unbounded attempt of a cell in "auto" mode, in schedules.
-AUTO_BUDGET = 3000
-AUTO_FALLBACK_BOUND = 2
+AUTO_FALLBACK_BOUND = 1
+# In "auto" mode, the unbounded attempt's budget: the bounded search's schedule count, and
+# at most this many.
+AUTO_BUDGET = 200
 
 Bound = int | None | str  # an int, None (no bound) or "auto"
 
@@ -174,8 +180,8 @@ class Report:
         if self.bound == AUTO:
             return (
                 "each cell: every interleaving (no preemption bound), or, marked *, every interleaving "
-                f"up to {AUTO_FALLBACK_BOUND} preemptions where the unbounded search did not finish within "
-                f"{AUTO_BUDGET} schedules"
+                f"up to {AUTO_FALLBACK_BOUND} preemption where the unbounded search did not finish within "
+                f"the bounded one's schedule count (at most {AUTO_BUDGET})"
             )
         if self.bound is None:
             return "each cell: every interleaving (no preemption bound)"
@@ -267,25 +273,24 @@ def _run_cell(job: _Job) -> Cell:
         if is_scenario_file(job.scenario):
             scenario = load_scenario(job.scenario)  # loaded here: a worker process loads it too
         if job.bound == AUTO:
-            budget = AUTO_BUDGET if job.max_schedules is None else min(AUTO_BUDGET, job.max_schedules)
             v = run(
-                scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
-                max_schedules=budget, traces=job.traces, coverage=job.coverage, check_reduction=False,
+                scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
+                bound=AUTO_FALLBACK_BOUND, max_schedules=job.max_schedules, traces=job.traces,
+                coverage=job.coverage, check_reduction=job.check_reduction,
             )
-            cell.space = "all"
-            if not v.complete and not any(s.interrupted for s in v.stats):
-                v = run(
-                    scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
-                    bound=AUTO_FALLBACK_BOUND, max_schedules=job.max_schedules, traces=job.traces,
-                    coverage=job.coverage, check_reduction=job.check_reduction,
-                )
-                cell.space = f"bound {AUTO_FALLBACK_BOUND}"
-                cell.fallback = True
-            elif job.check_reduction:
-                v = run(
+            cell.space = f"bound {AUTO_FALLBACK_BOUND}"
+            cell.fallback = True
+            budget = min(AUTO_BUDGET, sum(s.schedules for s in v.stats))
+            if job.max_schedules is not None:
+                budget = min(budget, job.max_schedules)
+            if v.complete and job.scenario != "fault_sweep":
+                u = run(
                     scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
-                    max_schedules=budget, traces=job.traces, coverage=job.coverage, check_reduction=True,
+                    max_schedules=budget, traces=job.traces, coverage=job.coverage,
+                    check_reduction=job.check_reduction,
                 )
+                if u.complete:
+                    v, cell.space, cell.fallback = u, "all", False
         else:
             bound = job.bound if job.bound is None or isinstance(job.bound, int) else AUTO_FALLBACK_BOUND
             v = run(
@@ -323,9 +328,11 @@ def build_report(
     findings: bool = False,
     coverage: bool = False,
     on_cell: Callable[[Cell], None] | None = None,
+    cluster: str | None = None,
 ) -> Report:
     """Run the matrix (see the module docstring).  ``jobs`` > 1 computes cells in that many
-    worker processes; the cells, and so the report, are the same as with one."""
+    worker processes, ``cluster`` (a Dask scheduler's address) on that cluster; the cells,
+    and so the report, are the same as with one."""
     from .scenarios import SCENARIO_NAMES
     from .vfio import LEVELS, check_level, get_ablation
 
@@ -358,7 +365,14 @@ def build_report(
     ]
     t0 = time.perf_counter()
     cells: dict[tuple[str, str], Cell] = {}
-    if jobs == 1 or len(work) == 1:
+    if cluster is not None:
+        from .cluster import map_in_order
+
+        for c in map_in_order(cluster, _run_cell, work):
+            cells[(c.scenario, c.level)] = c
+            if on_cell is not None:
+                on_cell(c)
+    elif jobs == 1 or len(work) == 1:
         for job in work:
             c = _run_cell(job)
             cells[(c.scenario, c.level)] = c

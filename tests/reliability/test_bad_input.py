@@ -356,11 +356,6 @@ def test_the_new_user_space_calls_name_what_they_expect(platform: Platform) -> N
     assert platform.k.leaks() == [] and platform.k.warnings == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="kfree of an object kzalloc never made: slab.py (not this branch's) still raises AttributeError",
-)
 def test_kfree_of_an_object_the_slab_never_made_is_a_kasan_invalid_free() -> None:
     from vfio_ref.kernel import Kernel, kfree
 

@@ -95,6 +95,32 @@ class DfsStrategy:
         self.sleeping = False
         self._diverge = 0
         self._last: list[int] = []  # the previous execution's choice at each choice point
+        self._floor = 0  # with _restricted: the node whose one choice this search covers
+        self._restricted = False
+
+    # -- splitting the search (parallel.py) ---------------------------------------------------
+
+    def subtrees(self) -> list[tuple[int, int]]:
+        """After the first execution: the parts the rest of the search splits into, in the
+        order the search takes them (the deepest node's other choices first): (node index,
+        choice).  Each is independent of the others (its sleep sets come from its own path)."""
+        return [(i, c) for i in reversed(range(len(self.nodes))) for c in self.nodes[i].order[1:]]
+
+    def restrict(self, first: DfsStrategy, node: int, choice: int) -> None:
+        """Make this strategy search only the subtree where ``first``'s node ``node`` takes
+        ``choice`` (``first`` has run the first execution), exactly as the whole search would."""
+        import copy
+
+        nodes = copy.deepcopy(first.nodes[: node + 1])
+        top = nodes[node]
+        top.done = set(top.order[: top.order.index(choice)])
+        top.chosen = choice
+        top.check()
+        self.nodes = nodes
+        self._floor = node
+        self._restricted = True
+        self._last = list(first._last)
+        self._started = False
 
     # -- the iteration ---------------------------------------------------------------------
 
@@ -118,6 +144,8 @@ class DfsStrategy:
         while nodes:
             n = nodes[-1]
             n.done.add(n.chosen)
+            if self._restricted and len(nodes) - 1 == self._floor:
+                return False  # this subtree is done; the node's other choices are other parts
             for t in n.order:
                 if t not in n.done:
                     n.chosen = t

@@ -193,6 +193,7 @@ class Stats:
     seed: int | None = None
     step_limit: int = 0
     lazy_names: int = 0
+    jobs: int = 1
 
     @property
     def exhausted(self) -> bool:
@@ -240,7 +241,8 @@ class Stats:
                 f"..... {self.lazy_names} objects were touched without having announced themselves "
                 "(the reduction cannot vouch for them)."
             )
-        lines.append(f"..... Elapsed {self.wall:.3f}s ({self.rate:.0f} schedules/s).")
+        jobs = f" on {self.jobs} processes" if self.jobs > 1 else ""
+        lines.append(f"..... Elapsed {self.wall:.3f}s ({self.rate:.0f} schedules/s){jobs}.")
         return "\n".join(lines)
 
 
@@ -438,6 +440,40 @@ class _Collector:
         else:
             info.count += 1
 
+    def merge(self, later: _Collector) -> None:
+        """Add what a later part of the same search saw (first seen here stays first)."""
+        for ident, f in later.by_id.items():
+            mine = self.by_id.get(ident)
+            if mine is None:
+                self.by_id[ident] = f
+            else:
+                mine.count += f.count
+        for o, info in later.outcomes.items():
+            have = self.outcomes.get(o)
+            if have is None:
+                self.outcomes[o] = info
+            else:
+                have.count += info.count
+
+
+def _account(stats: Stats, col: _Collector, res: RunResult) -> None:
+    """Count one execution (and keep what it found, unless it was cut short as redundant)."""
+    stats.schedules += 1
+    stats.lazy_names += res.sched.lazy_names
+    if res.redundant:
+        stats.redundant += 1
+        return
+    stats.distinct += 1
+    n = res.sched.step_no
+    stats.points_total += n
+    stats.points_min = n if stats.distinct == 1 else min(stats.points_min, n)
+    stats.points_max = max(stats.points_max, n)
+    if res.findings:
+        stats.buggy += 1
+    if res.sched.step_limit_hit:
+        stats.step_limit += 1
+    col.add(res)
+
 
 def _search(
     program: Program,
@@ -462,21 +498,7 @@ def _search(
                 stats.capped = True
                 break
             res = run_once(program, judge, strategy, kernel_factory=kernel_factory, max_steps=max_steps)
-            stats.schedules += 1
-            stats.lazy_names += res.sched.lazy_names
-            if res.redundant:
-                stats.redundant += 1
-            else:
-                stats.distinct += 1
-                n = res.sched.step_no
-                stats.points_total += n
-                stats.points_min = n if stats.distinct == 1 else min(stats.points_min, n)
-                stats.points_max = max(stats.points_max, n)
-                if res.findings:
-                    stats.buggy += 1
-                if res.sched.step_limit_hit:
-                    stats.step_limit += 1
-                col.add(res)
+            _account(stats, col, res)
             if progress is not None:
                 progress.tick(stats.schedules, len(col.by_id))
     except KeyboardInterrupt:
@@ -507,9 +529,17 @@ def explore(
     label: str = "explore",
     outcome: OutcomeOf = default_state,
     check_reduction: bool = False,
+    jobs: int = 1,
+    cluster: str | None = None,
+    program_spec: Any = None,
 ) -> Exploration:
     """Explore ``program``'s interleavings and return every distinct finding and outcome
-    (see the module docstring).  ``mode="random"`` is the same as ``random=True``."""
+    (see the module docstring).  ``mode="random"`` is the same as ``random=True``.
+
+    ``jobs`` > 1 splits a depth-first search over that many processes (parallel.py), with the
+    same result; ``cluster`` (a Dask scheduler's address) sends the parts there instead, the
+    program named by ``program_spec`` (a parallel.ProgramSpec); the other strategies run in
+    this process."""
     if mode is not None:
         if mode not in ("dfs", "random"):
             raise ValueError(f"explore mode {mode!r}: expected 'dfs' or 'random'")
@@ -519,19 +549,41 @@ def explore(
     strategy = make_strategy(
         bound=bound, reduction=reduction, replay=replay, random=random, seed=seed, runs=runs, depth=depth
     )
+    if jobs < 1:
+        raise ValueError(f"jobs must be 1 or more, not {jobs}")
     t0 = time.perf_counter()
     prog = _Progress(progress, label)
-    stats, col = _search(
-        program,
-        judge,
-        strategy,
-        bound=bound if replay is None and not random else None,
-        max_schedules=max_schedules,
-        kernel_factory=kernel_factory,
-        max_steps=max_steps,
-        outcome_of=outcome,
-        progress=prog,
-    )
+    split = None
+    if (jobs > 1 or cluster is not None) and isinstance(strategy, DfsStrategy):
+        from .parallel import search_parallel
+
+        split = search_parallel(
+            program,
+            judge,
+            bound=bound,
+            reduction=reduction,
+            jobs=jobs,
+            max_schedules=max_schedules,
+            kernel_factory=kernel_factory,
+            max_steps=max_steps,
+            outcome_of=outcome,
+            cluster=cluster,
+            spec=program_spec,
+        )
+    if split is not None:
+        stats, col = split
+    else:
+        stats, col = _search(
+            program,
+            judge,
+            strategy,
+            bound=bound if replay is None and not random else None,
+            max_schedules=max_schedules,
+            kernel_factory=kernel_factory,
+            max_steps=max_steps,
+            outcome_of=outcome,
+            progress=prog,
+        )
     if random:
         stats.seed = seed
     prog.done()

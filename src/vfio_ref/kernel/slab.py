@@ -392,6 +392,17 @@ def kfree(k: Kernel, obj: object) -> None:
         exc2 = DoubleFree(msg, function=fn, what=f"double-free of {orig}")
         exc2.backtrace = backtrace(2)
         raise exc2
+    if id(obj) not in k.slab.live:
+        # Not an object this slab handed out (a struct built without kzalloc, or not a model
+        # object at all): KASAN's "invalid-free".
+        fn, site = model_site(2)
+        exc3 = KernelBug(
+            f"BUG: KASAN: invalid-free in {fn}: kfree({type(obj).__name__} object kzalloc never returned) [{site}]",
+            function=fn,
+            what="invalid-free",
+        )
+        exc3.backtrace = backtrace(2)
+        raise exc3
     if s is not None and getattr(s, "tracing", False):
         s.note("kfree", obj=obj)  # type: ignore[attr-defined]  # a step of a traced replay
     alloc = k.slab.untrack(obj)

@@ -25,6 +25,7 @@ from ..explorer.explore import (
     ReductionCheck,
     Stats,
 )
+from ..explorer.parallel import ProgramSpec
 from ..explorer.replay import ReplayStrategy
 from ..explorer.strategy import parse_schedule
 from ..kernel.core import ModelUsageError
@@ -227,6 +228,8 @@ def run(
     fail: Sequence[FailSpec | str] = (),
     chains: bool = False,
     coverage: bool = False,
+    jobs: int = 1,
+    cluster: str | None = None,
 ) -> Verdict:
     """Run scenario ``name`` (a catalogue name, or a scenario function of a
     :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring).
@@ -234,7 +237,9 @@ def run(
     ``fail`` injects failures into every schedule: each a point (``"kzalloc@vfio_create_group"``,
     every call) or a point and which of its calls after ``begin()`` (``("...", 1)`` or
     ``"kzalloc@vfio_create_group:1"``).  A point the scenario does not reach is refused,
-    naming the ones it does (``list faults`` shows them)."""
+    naming the ones it does (``list faults`` shows them).  ``jobs`` splits a depth-first
+    search over processes, ``cluster`` (a Dask scheduler's address; catalogue scenarios
+    only) over a cluster, with the serial result."""
     if callable(name):
         fn: ScenarioFn = name
         label = getattr(fn, "__name__", "scenario")
@@ -273,9 +278,17 @@ def run(
         noiommu = noiommu or sc.noiommu
     if bound is not None and bound < 0:
         raise ModelUsageError(f"bound must be 0 or more preemptions (or None: no bound), not {bound}")
+    if coverage and (jobs > 1 or cluster is not None):
+        # Coverage is Python's line tracer in this process: a split search runs elsewhere.
+        raise ModelUsageError("coverage traces this process: run it with jobs=1 and no cluster")
     specs = [parse_fail(x) if isinstance(x, str) else x for x in fail]
     if specs:
         check_fail(fn, level, specs, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
+    spec = None
+    if cluster is not None:
+        if callable(name):
+            raise ModelUsageError("a search on a cluster names its scenario: a catalogue name, not a function")
+        spec = ProgramSpec(name, level, review_fixes, ablation, noiommu, tuple(specs))
     program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu, fail=specs)
     cov = Coverage(level, review_fixes, ablation) if coverage else None
     with cov if cov is not None else contextlib.nullcontext():
@@ -294,6 +307,9 @@ def run(
             progress=progress,
             label=f"{label}@{level}",
             check_reduction=check_reduction,
+            jobs=jobs,
+            cluster=cluster,
+            program_spec=spec,
         )
     injected = [fail_label(p, n) for p, n in specs]
     _render(ex, injected=", ".join(injected) or None, traces=traces, full_trace=full_trace, chains=chains)

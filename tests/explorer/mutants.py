@@ -1,0 +1,181 @@
+"""Hand-made mutants of the explorer's reductions and of the checkers: each must be killed.
+
+    python tests/explorer/mutants.py [NAME-FRAGMENT ...]
+
+Each mutant rewrites one exact, unique text of the source, runs the named tests with ``-x``
+(hypothesis derandomised, so a run is repeatable) and puts the source back (also when
+interrupted).  Not collected by pytest; the results are recorded in docs/RELIABILITY.md.
+mutmut and cosmic-ray were tried first: with the reductions' oracle being hypothesis runs of
+the plain search, one mutant costs a minute, and they generate hundreds per module; these
+are the mutants that matter, each the mistake a reduction or a checker is known to make.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PY = sys.executable
+REC = "src/vfio_ref/explorer/records.py"
+DPOR = "src/vfio_ref/explorer/dpor.py"
+DFS = "src/vfio_ref/explorer/dfs.py"
+SCHED = "src/vfio_ref/explorer/scheduler.py"
+SLAB = "src/vfio_ref/kernel/slab.py"
+HB = "src/vfio_ref/kernel/hb.py"
+RC = "src/vfio_ref/kernel/refcount.py"
+KSCHED = "src/vfio_ref/kernel/sched.py"
+EXPL = "src/vfio_ref/explorer/explore.py"
+RED = "tests/explorer/test_reduction.py"
+EXP = "tests/explorer/test_explorer.py"
+EDGES = "tests/kernel/test_hb_edges.py"
+
+M: list[tuple[str, str, str, str, list[str]]] = [
+    (
+        "X1 a read and a write of one location are independent (the issue's survivor)",
+        REC,
+        "        if other.writes and not other.writes.isdisjoint(self.reads):\n            return True\n",
+        "",
+        [RED],
+    ),
+    (
+        "X2 refcount_inc_not_zero orders like the final put (the issue's survivor)",
+        RC,
+        "        if old < 0 or old == INT_MAX:\n            self.refcount_warn_saturate(REFCOUNT_ADD_NOT_ZERO_OVF)\n"
+        "        return True",
+        "        if old < 0 or old == INT_MAX:\n            self.refcount_warn_saturate(REFCOUNT_ADD_NOT_ZERO_OVF)\n"
+        "        if k.hb is not None:\n            k.hb.acquire(k.current(), self)\n        return True",
+        [EDGES],
+    ),
+    ("X3 a race adds no backtrack point", DPOR, "        bt.add(pick)\n", "        pass\n", [RED]),
+    (
+        "X4 an acquire's race stays with the release",
+        DPOR,
+        "                    c = h.rel_acq.get(w, w) if acq else w\n",
+        "                    c = w\n",
+        [RED, EXP],
+    ),
+    (
+        "X5 a trylock races like a waiting lock",
+        KSCHED,
+        'ACQUIRE_OPS: Final = frozenset({"mutex_lock", "spin_lock", "down_read", "down_write"})',
+        'ACQUIRE_OPS: Final = frozenset({"mutex_lock", "spin_lock", "down_read", "down_write", "mutex_trylock"})',
+        [RED],
+    ),
+    (
+        "X6 counter steps commute down to zero",
+        DPOR,
+        "        safe = v0 - dn >= 1 and v0 + up < _INT_MAX",
+        "        safe = v0 - dn >= 0 and v0 + up < _INT_MAX",
+        [RED],
+    ),
+    (
+        "X7 a read does not depend on the counter steps of a closed segment",
+        DPOR,
+        "        for c in h.prev:\n            ce = evs[c]",
+        "        for c in ():\n            ce = evs[c]",
+        [RED],
+    ),
+    (
+        "X8 blocked threads' pending steps are not checked",
+        DPOR,
+        "        for ev in pending:\n            self._process(ev, None)",
+        "        for ev in ():\n            self._process(ev, None)",
+        [RED],
+    ),
+    (
+        "X9 every explored sibling sleeps, dependent or not",
+        DPOR,
+        "                self._sleep = {q: f for q, f in base.items() if not f.conflicts(fp)}",
+        "                self._sleep = dict(base)",
+        [RED],
+    ),
+    (
+        "X10 under a bound, any explored sibling's step may sleep (unrestricted sleep sets)",
+        DFS,
+        "            if node.chosen != node.running and node.sleeper is not None and not node.sleeper.conflicts(fp):\n"
+        "                sleep[node.running] = node.sleeper",
+        "            if node.chosen != node.running and node.sleeper is not None and not node.sleeper.conflicts(fp):\n"
+        "                sleep[node.running] = node.sleeper\n"
+        "            for q in node.done:\n"
+        "                if q != node.chosen and q not in sleep:\n"
+        "                    sleep[q] = node.sleeper or fp",
+        [RED],
+    ),
+    (
+        "X11 a sleeping step may enable a blocked thread",
+        DFS,
+        "node.running_enabled and not fp.changes_any(node.blocked):",
+        "node.running_enabled:",
+        [RED],
+    ),
+    (
+        "X12 a second kfree's access is not recorded",
+        SLAB,
+        "    if s is not None and getattr(s, \"recording\", False):\n"
+        "        # The free is part of the step that makes it",
+        "    if False:\n"
+        "        # The free is part of the step that makes it",
+        [RED],
+    ),
+    (
+        "X13 plain member writes are not reported",
+        SLAB,
+        "        if s is not None and name not in skip:\n            s.access(self, name, True)",
+        "        if False:\n            s.access(self, name, True)",
+        [RED],
+    ),
+    (
+        "X14 a capped search says it is complete",
+        EXPL,
+        "    stats.complete = strategy.complete and not stats.capped and not stats.interrupted and not stats.sampled",
+        "    stats.complete = not stats.sampled",
+        [EXP],
+    ),
+    (
+        "X15 objects are named when first touched (unstable across schedules)",
+        SCHED,
+        "        if not self.watching:\n            return\n        cur = self.current",
+        "        return\n        cur = self.current",
+        [RED],
+    ),
+]
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    results: list[tuple[str, str]] = []
+    for name, f, old, new, tests in M:
+        if only and not any(o in name for o in only):
+            continue
+        path = ROOT / f
+        src = path.read_text()
+        n = src.count(old)
+        if n != 1:
+            results.append((name, f"NOT APPLIED ({n} matches)"))
+            print(name, "NOT APPLIED", n, flush=True)
+            continue
+        path.write_text(src.replace(old, new))
+        t0 = time.time()
+        try:
+            p = subprocess.run(
+                [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            verdict = "killed" if p.returncode != 0 else "SURVIVED"
+        finally:
+            path.write_text(src)
+        results.append((name, verdict))
+        print(f"{verdict:9s} {time.time() - t0:5.1f}s  {name}", flush=True)
+    print()
+    print(sum(v == "killed" for _, v in results), "killed of", len(results))
+    return 0 if all(v == "killed" for _, v in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

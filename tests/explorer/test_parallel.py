@@ -1,0 +1,109 @@
+"""Exploring on several processes, or on a Dask cluster: the serial search's result exactly."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import pytest
+
+from vfio_ref.explorer import Exploration, explore
+from vfio_ref.report import build_report
+from vfio_ref.scenarios import run
+from vfio_ref.scenarios.catalogue import SCENARIOS
+from vfio_ref.scenarios.harness import judge_execution, make_program
+
+from .toys import ab_ba, judge_all, locked_steps, nothing
+
+
+def signature(ex: Exploration) -> tuple[Any, ...]:
+    """Everything a split search must reproduce: counts, outcomes with their counts and
+    first schedules, findings with their schedules and counts."""
+    return (
+        ex.stats.schedules,
+        ex.stats.distinct,
+        ex.stats.redundant,
+        ex.stats.complete,
+        sorted((f.ident, f.schedule, f.count) for f in ex.findings),
+        sorted((repr(o), i.count, i.schedule) for o, i in ex.outcomes.items()),
+    )
+
+
+@pytest.mark.parametrize(("bound", "reduction"), [(1, False), (2, False), (2, True), (3, True)])
+@pytest.mark.parametrize("toy", ["ab_ba", "locked_steps"])
+def test_a_split_search_of_a_toy_is_the_serial_one(toy: str, bound: int, reduction: bool) -> None:
+    program, judge = (ab_ba, judge_all) if toy == "ab_ba" else (locked_steps(6), nothing)
+    serial = explore(program, judge, bound=bound, reduction=reduction, traces=False, shrink=False)
+    split = explore(program, judge, bound=bound, reduction=reduction, traces=False, shrink=False, jobs=2)
+    assert signature(split) == signature(serial)
+    assert split.stats.jobs == 2 and serial.stats.jobs == 1
+
+
+def test_a_split_search_of_a_scenario_is_the_serial_one_findings_and_schedules_included() -> None:
+    sc = SCENARIOS["create_race"]
+    program = make_program(sc.fn, "base", review_fixes=False, ablation=None, noiommu=False)
+    serial = explore(program, judge_execution, bound=1, traces=False)
+    split = explore(program, judge_execution, bound=1, traces=False, jobs=2)
+    assert serial.kinds() == ["leak"]
+    assert signature(split) == signature(serial)
+
+
+def test_a_capped_split_search_is_the_serial_capped_one() -> None:
+    program = locked_steps(6)
+    serial = explore(program, nothing, bound=2, reduction=False, max_schedules=20, traces=False)
+    split = explore(program, nothing, bound=2, reduction=False, max_schedules=20, traces=False, jobs=2)
+    assert signature(split) == signature(serial) and not split.stats.complete
+
+
+def test_the_report_on_two_processes_is_the_one_on_one() -> None:
+    args: dict[str, Any] = {"scenarios": ["lifecycle", "open_vs_last_put"], "levels": ["p1", "p5"]}
+    one = build_report(**args, jobs=1)
+    two = build_report(**args, jobs=2)
+    assert one.to_json(findings=True) == two.to_json(findings=True)
+
+
+# -- a Dask cluster, local to this machine ------------------------------------------------------
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    lc = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        yield lc
+    finally:
+        lc.close()
+
+
+def test_a_search_on_a_cluster_is_the_serial_one(cluster: Any) -> None:
+    serial = run("create_race", "p1", bound=1, traces=False)
+    remote = run("create_race", "p1", bound=1, traces=False, cluster=cluster.scheduler_address)
+    assert [(f.ident, f.schedule, f.count) for f in remote.findings] == [
+        (f.ident, f.schedule, f.count) for f in serial.findings
+    ]
+    assert remote.stats[0].schedules == serial.stats[0].schedules and remote.complete
+
+
+def test_the_report_on_a_cluster_is_the_local_one(cluster: Any) -> None:
+    args: dict[str, Any] = {"scenarios": ["lifecycle", "create_race"], "levels": ["p2", "p5"]}
+    assert build_report(**args, cluster=cluster.scheduler_address).to_json() == build_report(**args).to_json()
+
+
+def _dies_once(marker: str, x: int) -> int:
+    """Kills its worker the first time it runs (as a lost machine would)."""
+    path = pathlib.Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os._exit(1)
+    return x * x
+
+
+def test_a_unit_whose_worker_dies_is_run_again_by_dask(cluster: Any, tmp_path: pathlib.Path) -> None:
+    import functools
+
+    from vfio_ref.cluster import map_in_order
+
+    fn = functools.partial(_dies_once, str(tmp_path / "marker"))
+    assert map_in_order(cluster.scheduler_address, fn, [3]) == [9]
