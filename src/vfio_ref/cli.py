@@ -112,7 +112,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         rep = build_report(
-            args.scenario,
+            [*(args.scenario or ()), *(args.scenario_file or ())] or None,
             args.level,
             review_fixes=args.review_fixes,
             ablation=args.ablation,
@@ -121,6 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             jobs=args.jobs if args.jobs is not None else default_jobs(),
             check_reduction=args.check_reduction,
             findings=args.findings,
+            coverage=args.coverage,
             on_cell=tick,
             cluster=args.cluster,
         )
@@ -151,31 +152,13 @@ def _report_status(n: int) -> int:
 
 def _scenario_arg(text: str) -> Any:
     """A catalogue name, or FILE.py:FUNCTION (a scenario function written as docs/EXPLORER.md shows)."""
-    if not _is_scenario_file(text):
-        return text
-    path, fn_name = text.rsplit(":", 1)
-    import importlib.util
-    import os
+    from .scenarios.user import is_scenario_file, load_scenario
 
-    if not os.path.isfile(path):
-        raise ModelUsageError(f"scenario file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"vfio_ref_user_{abs(hash(path))}", path)
-    if spec is None or spec.loader is None:
-        raise ModelUsageError(f"cannot load {path!r} as a Python file")
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:
-        raise ModelUsageError(f"loading {path!r} failed: {type(e).__name__}: {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if fn is None or not callable(fn):
-        names = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))
-        raise ModelUsageError(f"{path!r} has no function {fn_name!r} (it defines: {', '.join(names) or 'none'})")
-    return fn
+    return load_scenario(text) if is_scenario_file(text) else text
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from .report import finding_json
+    from .report import finding_json, swept_json
     from .scenarios import run
 
     scenario = _scenario_arg(args.scenario)
@@ -196,6 +179,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
         max_schedules=args.max_schedules,
         check_reduction=args.check_reduction,
         include_unreachable=args.include_unreachable,
+        fail=args.fail or (),
+        chains=args.chains,
+        coverage=args.coverage,
         jobs=args.jobs,
         cluster=args.cluster,
     )
@@ -210,8 +196,15 @@ def cmd_explore(args: argparse.Namespace) -> int:
             "kinds": v.kinds(),
             "schedules": sum(s.schedules for s in v.stats),
             "returns": v.returns,
+            "review_fixes": v.review_fixes,
+            "ablation": v.ablation,
+            "injected": list(v.injected),
             "findings": [finding_json(f) for f in v.findings],
         }
+        if v.swept:
+            doc["swept"] = [swept_json(sp) for sp in v.swept]
+        if v.coverage is not None:
+            doc["coverage"] = v.coverage.to_json()
         if v.check is not None:
             doc["reduction_check"] = {"agree": v.check.agree, "plain_complete": v.check.plain.complete}
         print(json.dumps(doc, indent=2))
@@ -233,16 +226,37 @@ def _level_cls(level: str, review_fixes: bool) -> Any:
     return level_class(level, review_fixes)
 
 
+def _variant(text: str, args: argparse.Namespace) -> Any:
+    """LEVEL[+fix][+ABLATION], with --review-fixes / --ablation applying too."""
+    from .vfio.source import parse_variant
+
+    return parse_variant(text, review_fixes=args.review_fixes, ablation=getattr(args, "ablation", None))
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    cls = _level_cls(args.level, args.review_fixes)
+    from .vfio.source import kernel_functions, show, substrate_switch
+
+    v = _variant(args.level, args)
+    cls = v.cls()
     if args.list or args.function is None:
-        print(f"functions modelled at {args.level}:")
+        print(f"functions of vfio.c modelled at {v.spelling}:")
         for name in cls.function_names():
             print(f"  {name}")
-        print(f"structs at {args.level}: " + ", ".join(f"struct {s}" for s in sorted(cls.structs())))
+        print(f"structs at {v.spelling}: " + ", ".join(f"struct {s}" for s in sorted(cls.structs())))
+        names = sorted(kernel_functions())
+        print(f"the simulated kernel and the platform ({len(names)} functions, the same at every level):")
+        print("  " + " ".join(names))
+        sw = substrate_switch(v)
+        if sw is not None:
+            print()
+            print(sw.rstrip())
         return 0
-    name = args.function.removeprefix("struct ")
-    print(cls.source_of(name))
+    print(show(v, args.function).rstrip())
+    sw = substrate_switch(v)
+    if sw is not None and args.function in ("cdev_device_add", "cdev_device_del", "cdev_add", "cdev_put",
+                                           "iommu_group_register_notifier", "vfio_create_group"):
+        print()
+        print(sw.rstrip())
     return 0
 
 
@@ -252,28 +266,42 @@ def _body(src: str) -> list[str]:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    a = _level_cls(args.level_a, args.review_fixes)
-    b = _level_cls(args.level_b, args.review_fixes)
-    names_a = set(a.function_names()) | set(a.structs())
-    names_b = set(b.function_names()) | set(b.structs())
+    from .vfio.source import diff_names, substrate_switch
+
+    va = _variant(args.level_a, args)
+    vb = _variant(args.level_b, args)
+    a, b = va.cls(), vb.cls()
+    sa, sb = a.structs(), b.structs()
     changed = 0
-    for name in sorted(names_a | names_b):
-        src_a = _body(a.source_of(name)) if name in names_a else []
-        src_b = _body(b.source_of(name)) if name in names_b else []
+    for name in diff_names(va, vb):
+        ra, rb = a.resolve(name), b.resolve(name)
+        src_a = _body(a.source_of(name)) if ra is not None else []
+        src_b = _body(b.source_of(name)) if rb is not None else []
         if src_a == src_b:
             continue
         changed += 1
-        label = f"struct {name}" if name in a.structs() or name in b.structs() else name
+        label = f"struct {name}" if name in sa or name in sb else name
         print(f"=== {label}: " + ("added" if not src_a else "removed" if not src_b else "changed"))
         sys.stdout.writelines(
-            difflib.unified_diff(src_a, src_b, fromfile=f"{args.level_a}/{label}", tofile=f"{args.level_b}/{label}")
+            difflib.unified_diff(src_a, src_b, fromfile=f"{va.spelling}/{label}", tofile=f"{vb.spelling}/{label}")
         )
         print()
-    print(f"{changed} function(s) or struct(s) differ between {args.level_a} and {args.level_b}.")
+    for v, other in ((va, vb), (vb, va)):
+        sw = substrate_switch(v)
+        if sw is not None and substrate_switch(other) != sw:
+            changed += 1
+            print(f"=== {v.spelling} switches the simulated kernel:")
+            print(sw.rstrip())
+            print()
+    print(f"{changed} function(s) or struct(s) differ between {va.spelling} and {vb.spelling}.")
+    if changed == 0 and va == vb:
+        print("(the same variant on both sides: spell the review fix as LEVEL+fix, an ablation as LEVEL+NAME)")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "faults":
+        return _list_faults(args)
     if args.what == "levels":
         from .vfio import LEVEL_CLASSES, REVIEW_FIX_LEVELS
 
@@ -291,6 +319,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for name, a in sorted(ablations_table().items()):
             print(f"{name:36s} [{', '.join(a.levels)}] {a.summary} (shown by {a.shows})")
+    return 0
+
+
+def _list_faults(args: argparse.Namespace) -> int:
+    from .scenarios import reached_points
+    from .scenarios.catalogue import FAULT_SWEEP_OF
+
+    scenario = _scenario_arg(args.scenario) if args.scenario else FAULT_SWEEP_OF
+    label = args.scenario or FAULT_SWEEP_OF
+    pts = reached_points(scenario, args.level, review_fixes=args.review_fixes, ablation=args.ablation)
+    print(f"fault points {label} reaches at {args.level} after begin() (default schedule), in order:")
+    w = max([len(p.name) for p in pts] + [5])
+    for p in pts:
+        can = "can fail" if p.reachable else "cannot fail in 5.15/5.16"
+        print(f"  {p.name:<{w}}  x{p.calls}  first injectable call #{p.first}  {can}: {p.why}")
+    if not pts:
+        print("  (none)")
+    print(f"fail one: vfio-ref explore {label} --level {args.level} --fail POINT[:N]")
     return 0
 
 
@@ -333,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the matrix as JSON")
     r.add_argument("--findings", action="store_true", help="with --json: every finding of every cell")
     r.add_argument("--scenario", action="append", help="only this scenario (repeatable)")
+    r.add_argument(
+        "--scenario-file", action="append", metavar="FILE.py:FUNCTION",
+        help="a row for your own scenario (repeatable; without --scenario, only these rows)",
+    )
     r.add_argument("--level", action="append", help="only this level (repeatable)")
     r.add_argument("--review-fixes", action="store_true", help="apply the fix agreed in review to p3/p4")
     r.add_argument("--ablation", help="remove one design decision (see `vfio-ref list ablations`)")
@@ -351,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cluster", metavar="ADDRESS", help="compute the cells on this Dask scheduler (tcp://host:port)")
     r.add_argument(
         "--check-reduction", action="store_true", help="also run the plain search of each cell and compare"
+    )
+    r.add_argument(
+        "--coverage", action="store_true",
+        help="a coverage table: the vfio.c functions and branches each cell's schedules reached (slower)",
     )
     r.set_defaults(fn=cmd_report)
 
@@ -375,7 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ablation")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-trace", action="store_true", help="omit the swimlane traces")
-    e.add_argument("--full-trace", action="store_true", help="show the platform's setup in the traces too")
+    e.add_argument(
+        "--full-trace", action="store_true",
+        help="show the platform's setup and the driver-core traffic in the traces too",
+    )
+    e.add_argument("--chains", action="store_true", help="print each step's whole call chain in the traces")
+    e.add_argument(
+        "--coverage", action="store_true",
+        help="say which modelled vfio.c functions and branches the explored schedules reached (slower)",
+    )
+    e.add_argument(
+        "--fail", action="append", metavar="POINT[:N]",
+        help="fail this fault point (every call, or its Nth call after the scenario's begin()); repeatable; "
+        "`vfio-ref list faults --level L --scenario S` lists the points",
+    )
     e.add_argument(
         "--no-reduction", action="store_true", help="plain depth-first search, without sleep sets and DPOR"
     )
@@ -389,21 +456,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(fn=cmd_explore)
 
-    s = sub.add_parser("show", help="the effective source of a modelled function or struct at a level")
-    s.add_argument("level")
+    s = sub.add_parser(
+        "show", help="the effective source of a function or struct of vfio.c at a level, or of the simulated kernel"
+    )
+    s.add_argument("level", help="LEVEL, LEVEL+fix (the review fix) or LEVEL+ABLATION")
     s.add_argument("function", nargs="?")
     s.add_argument("--list", action="store_true", help="list what is modelled at the level")
     s.add_argument("--review-fixes", action="store_true")
+    s.add_argument("--ablation", help="show the level with this ablation (see `vfio-ref list ablations`)")
     s.set_defaults(fn=cmd_show)
 
     d = sub.add_parser("diff", help="what changed between two levels, function by function")
-    d.add_argument("level_a")
-    d.add_argument("level_b")
-    d.add_argument("--review-fixes", action="store_true")
+    d.add_argument("level_a", help="LEVEL, LEVEL+fix (the review fix) or LEVEL+ABLATION")
+    d.add_argument("level_b", help="LEVEL, LEVEL+fix (the review fix) or LEVEL+ABLATION")
+    d.add_argument("--review-fixes", action="store_true", help="apply the review fixes on both sides")
     d.set_defaults(fn=cmd_diff)
 
-    li = sub.add_parser("list", help="list scenarios, levels or ablations")
-    li.add_argument("what", choices=["scenarios", "levels", "ablations"])
+    li = sub.add_parser("list", help="list scenarios, levels, ablations, or the fault points a scenario reaches")
+    li.add_argument("what", choices=["scenarios", "levels", "ablations", "faults"])
+    li.add_argument("--level", help="list faults: at this level")
+    li.add_argument("--scenario", help="list faults: of this scenario or FILE.py:FUNCTION (default: lifecycle)")
+    li.add_argument("--review-fixes", action="store_true", help="list faults: with the review fixes")
+    li.add_argument("--ablation", help="list faults: with this ablation")
     li.set_defaults(fn=cmd_list)
 
     b = sub.add_parser("bench", help="run the benchmark suite and write a Markdown report")
@@ -438,7 +512,9 @@ def _refuse(rule: str) -> None:
 
 
 def _is_scenario_file(text: str) -> bool:
-    return ":" in text and text.split(":", 1)[0].endswith(".py")
+    from .scenarios.user import is_scenario_file
+
+    return is_scenario_file(text)
 
 
 def check_args(args: argparse.Namespace, given: set[str]) -> None:
@@ -475,11 +551,16 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
     if cmd == "report":
         bound_ok()
         levels = list(args.level or _levels())
-        scenarios = list(args.scenario or SCENARIO_NAMES)
+        scenarios = list(args.scenario or ([] if args.scenario_file else SCENARIO_NAMES))
         for lv in levels:
             check_level(lv)
         for name in scenarios:
             check_scenario(name)
+        for spec in args.scenario_file or ():
+            if not _is_scenario_file(spec):
+                _refuse(f"--scenario-file {spec!r}: expected FILE.py:FUNCTION (a catalogue one goes in --scenario)")
+            _scenario_arg(spec)
+        no_duplicates("--scenario-file", list(args.scenario_file or ()), "scenario is one row of the report")
         no_duplicates("--level", levels, "level is one column of the report")
         no_duplicates("--scenario", scenarios, "scenario is one row of the report")
         if args.ablation is not None:
@@ -533,15 +614,38 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
             _refuse("--check-reduction compares the reduced search with the plain one: it needs the reduction")
         if args.full_trace and args.no_trace:
             _refuse("--full-trace and --no-trace exclude each other: --full-trace shows more of the traces")
+        if args.chains and (args.no_trace or args.json):
+            _refuse("--chains prints call chains in the swimlanes: not with --no-trace or --json "
+                    "(the JSON events carry every chain)")
+        if args.fail:
+            from .scenarios import parse_fail
+
+            if args.scenario == "fault_sweep":
+                _refuse("--fail does not apply to fault_sweep: it fails each point in turn")
+            specs = [parse_fail(x) for x in args.fail]
+            no_duplicates("--fail", [x for x, _ in specs if _ is None], "point fails every call")
     elif cmd == "show":
-        check_level(args.level)
-        review_fixes_apply([args.level])
+        v = _variant(args.level, args)
+        review_fixes_apply([v.level])
         if args.list and args.function is not None:
             _refuse(f"--list lists every function at {args.level}: give FUNCTION or --list, not both")
     elif cmd == "diff":
-        check_level(args.level_a)
-        check_level(args.level_b)
-        review_fixes_apply([args.level_a, args.level_b])
+        va = _variant(args.level_a, args)
+        vb = _variant(args.level_b, args)
+        review_fixes_apply([va.level, vb.level])
+    elif cmd == "list":
+        if args.what == "faults":
+            if args.level is None:
+                _refuse("list faults needs --level LEVEL: the points a scenario reaches depend on the level")
+            check_level(args.level)
+            if args.scenario is not None and not _is_scenario_file(args.scenario):
+                check_scenario(args.scenario)
+            check_ablation(args.ablation, args.level)
+            review_fixes_apply([args.level])
+        else:
+            for opt in ("level", "scenario", "review_fixes", "ablation"):
+                if opt in given:
+                    _refuse(f"--{opt.replace('_', '-')} applies to `list faults` only, not `list {args.what}`")
 
 
 # --------------------------------------------------------------------------------------------

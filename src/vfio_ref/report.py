@@ -85,14 +85,25 @@ class Cell:
             doc["error"] = self.error
         if findings and self.verdict is not None:
             doc["findings"] = [finding_json(f) for f in self.verdict.findings]
+        cov = getattr(self.verdict, "coverage", None)
+        if cov is not None:
+            doc["coverage"] = cov.to_json()
         return doc
+
+    def coverage_text(self) -> str:
+        """The coverage column's cell: functions reached and branches taken ("" without)."""
+        cov = getattr(self.verdict, "coverage", None)
+        return "" if cov is None else str(cov.cell())
 
 
 def finding_json(f: Any) -> dict[str, Any]:
-    """A finding as data (the schema in docs/EXPLORER.md)."""
+    """A finding as data (the schema is docs/vfio-ref.schema.json, described in
+    docs/EXPLORER.md): its kind and identity, the detail in the kernel's report shape, the
+    schedule that produces it and the fault injected for it, and the steps of that schedule."""
     return {
         "kind": f.kind,
         "id": {"kind": f.ident.kind, "function": f.ident.function, "what": f.ident.what, "other": f.ident.other},
+        "summary": f.detail.splitlines()[0] if f.detail else "",
         "detail": f.detail,
         "schedule": f.schedule,
         "preemptions": f.preemptions,
@@ -100,11 +111,49 @@ def finding_json(f: Any) -> dict[str, Any]:
         "count": f.count,
         "reproduced": f.reproduced,
         "threads": list(f.threads),
-        "events": [
-            {"step": e.step, "thread": e.thread, "op": e.op, "what": e.what, "functions": list(e.functions),
-             "switch": e.switch}
-            for e in f.events
-        ],
+        "events": events_json(f.events),
+    }
+
+
+def swept_json(sp: Any) -> dict[str, Any]:
+    """One point of a fault sweep and its verdict."""
+    return {"point": sp.point, "nth": sp.nth, "reachable": sp.reachable, "verdict": sp.verdict, "kinds": list(sp.kinds)}
+
+
+def events_json(events: Any) -> list[dict[str, Any]]:
+    """The steps of a trace, numbered as the swimlanes number them; ``setup`` marks the
+    steps that built the platform (before the scenario's ``begin()``)."""
+    from .explorer.trace import SETUP_DONE
+
+    marks = [i for i, e in enumerate(events) if e.op == SETUP_DONE]
+    end = marks[-1] if marks else -1
+    out = []
+    n = 0
+    for i, e in enumerate(events):
+        if e.op == SETUP_DONE:
+            continue
+        n += 1
+        out.append(event_json(n, e, setup=i < end))
+    return out
+
+
+def event_json(n: int, e: Any, *, setup: bool = False) -> dict[str, Any]:
+    """One step of a finding's trace."""
+    return {
+        "step": n,
+        "setup": setup,
+        "thread": e.thread,
+        "op": e.op,
+        "caller": e.caller,
+        "what": e.what,
+        "expr": e.expr,
+        "before": e.before,
+        "after": e.after,
+        "mark": e.mark,
+        "user_call": e.user,
+        "vfio": e.vfio,
+        "switch": e.switch,
+        "functions": list(e.functions),
     }
 
 
@@ -163,6 +212,17 @@ class Report:
             lines.append("")
             lines.append("p3 and p4 run as posted: vfio_create_group frees the group it returns (found in review);")
             lines.append("--review-fixes applies the fix agreed in the thread.")
+        if any(c.coverage_text() for c in self.cells.values()):
+            lines.append("")
+            lines.append("coverage: vfio.c functions reached (fn) and branches taken (br) by each cell's schedules")
+            covw = {lv: max(len(lv), *(len(self.cells[(n, lv)].coverage_text()) for n in self.scenarios))
+                    for lv in self.levels}
+            lines.append(f"{'scenario':<{namew}}  " + "  ".join(f"{lv:<{covw[lv]}}" for lv in self.levels).rstrip())
+            for n in self.scenarios:
+                lines.append(
+                    f"{n:<{namew}}  "
+                    + "  ".join(f"{self.cells[(n, lv)].coverage_text():<{covw[lv]}}" for lv in self.levels).rstrip()
+                )
         if self.errors:
             lines.append("")
             lines.append("error: the model raised instead of giving a verdict (every other cell was computed):")
@@ -198,20 +258,25 @@ class _Job:
     max_schedules: int | None
     check_reduction: bool
     traces: bool
+    coverage: bool = False
 
 
 def _run_cell(job: _Job) -> Cell:
     """One cell (in this process or a worker): never raises for a failing model run."""
     from .scenarios import run
+    from .scenarios.user import is_scenario_file, load_scenario
 
     t0 = time.perf_counter()
     cell = Cell(job.scenario, job.level)
+    scenario: Any = job.scenario
     try:
+        if is_scenario_file(job.scenario):
+            scenario = load_scenario(job.scenario)  # loaded here: a worker process loads it too
         if job.bound == AUTO:
             v = run(
-                job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
+                scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation,
                 bound=AUTO_FALLBACK_BOUND, max_schedules=job.max_schedules, traces=job.traces,
-                check_reduction=job.check_reduction,
+                coverage=job.coverage, check_reduction=job.check_reduction,
             )
             cell.space = f"bound {AUTO_FALLBACK_BOUND}"
             cell.fallback = True
@@ -220,16 +285,18 @@ def _run_cell(job: _Job) -> Cell:
                 budget = min(budget, job.max_schedules)
             if v.complete and job.scenario != "fault_sweep":
                 u = run(
-                    job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
-                    max_schedules=budget, traces=job.traces, check_reduction=job.check_reduction,
+                    scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=None,
+                    max_schedules=budget, traces=job.traces, coverage=job.coverage,
+                    check_reduction=job.check_reduction,
                 )
                 if u.complete:
                     v, cell.space, cell.fallback = u, "all", False
         else:
             bound = job.bound if job.bound is None or isinstance(job.bound, int) else AUTO_FALLBACK_BOUND
             v = run(
-                job.scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=bound,
-                max_schedules=job.max_schedules, traces=job.traces, check_reduction=job.check_reduction,
+                scenario, job.level, review_fixes=job.review_fixes, ablation=job.ablation, bound=bound,
+                max_schedules=job.max_schedules, traces=job.traces, coverage=job.coverage,
+                check_reduction=job.check_reduction,
             )
             cell.space = "all" if bound is None else f"bound {bound}"
         cell.verdict = v
@@ -259,6 +326,7 @@ def build_report(
     jobs: int = 1,
     check_reduction: bool = False,
     findings: bool = False,
+    coverage: bool = False,
     on_cell: Callable[[Cell], None] | None = None,
     cluster: str | None = None,
 ) -> Report:
@@ -271,9 +339,13 @@ def build_report(
     lv = list(levels) if levels else list(LEVELS)
     for level in lv:
         check_level(level)
+    from .scenarios.user import is_scenario_file, load_scenario
+
     sc = list(scenarios) if scenarios else list(SCENARIO_NAMES)
     for name in sc:
-        if name not in SCENARIO_NAMES:
+        if is_scenario_file(name):
+            load_scenario(name)  # a missing file or function is refused before anything runs
+        elif name not in SCENARIO_NAMES:
             raise ModelUsageError(f"unknown scenario {name!r}: the scenarios are {', '.join(SCENARIO_NAMES)}")
     if len(set(lv)) != len(lv) or len(set(sc)) != len(sc):
         raise ModelUsageError("a level or scenario is asked for twice: name each once")
@@ -287,7 +359,7 @@ def build_report(
     if isinstance(bound, int) and bound < 0:
         raise ModelUsageError(f"bound must be 0 or more preemptions, none, or auto, not {bound}")
     work = [
-        _Job(n, level, review_fixes, ablation, bound, max_schedules, check_reduction, findings)
+        _Job(n, level, review_fixes, ablation, bound, max_schedules, check_reduction, findings, coverage)
         for n in sc
         for level in lv
     ]

@@ -225,6 +225,6 @@ def test_a_finding_trace_reads_as_swimlanes_from_the_end_of_setup() -> None:
     t = v.findings[0].trace
     head = t.splitlines()[0]
     assert [c.strip() for c in head.split("|")] == ["step", "main", "T1", "T2", "kworker/1"]
-    assert "operations building the platform folded" in t
+    assert "building the platform, folded" in t
     assert "preempted; switch to" in t
     assert t.splitlines()[-1].startswith("leak: unreferenced object IommuGroup")

@@ -20,7 +20,7 @@ from .explore import (
     shrink_schedule,
 )
 from .strategy import format_schedule, parse_schedule
-from .trace import render_swimlanes
+from .trace import render_finding, render_swimlanes
 
 __all__ = [
     "DEFAULT_MAX_SCHEDULES",
@@ -39,6 +39,7 @@ __all__ = [
     "format_schedule",
     "make_strategy",
     "parse_schedule",
+    "render_finding",
     "render_swimlanes",
     "replay_findings",
     "run_once",

@@ -58,6 +58,7 @@ class ProgramSpec:
     review_fixes: bool = False
     ablation: str | None = None
     noiommu: bool = False
+    fail: tuple[tuple[str, int | None], ...] = ()  # injected failures (point, nth or every call)
 
     def build(self) -> Program:
         from ..scenarios.catalogue import SCENARIOS
@@ -70,7 +71,8 @@ class ProgramSpec:
 
             fn = _scenario_arg(self.scenario)
         return make_program(
-            fn, self.level, review_fixes=self.review_fixes, ablation=self.ablation, noiommu=self.noiommu
+            fn, self.level, review_fixes=self.review_fixes, ablation=self.ablation, noiommu=self.noiommu,
+            fail=self.fail,
         )
 
 

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 from greenlet import GreenletExit, greenlet
 
 from ..kernel import slab
-from ..kernel.core import ALL_CAPS, Kernel, KernelFault, Task, backtrace
+from ..kernel.core import ALL_CAPS, Kernel, KernelFault, Task
 from ..kernel.sched import ACQUIRE_OPS, COUNTER_OPS, READ_OPS, RELEASE_OPS
 
 if TYPE_CHECKING:
     from .strategy import Strategy
 
+from .kexpr import kexpr
 from .records import (
     ACQ,
     CTR,
@@ -57,6 +58,7 @@ from .records import (
     Name,
     thread_loc,
 )
+from .tracing import FrameInfo, counter_of, describe_step, frame_info, location_of
 
 
 class StepLimitExceeded(Exception):
@@ -117,14 +119,6 @@ def _give_back(g: Any) -> None:
     free = _pool()
     if len(free) < _POOL_MAX and g not in free:
         free.append(g)
-
-
-# Frames of the substrate's own lock implementation: a trace names the kernel function that
-# took the lock, not the helper it went through.
-_PRIMITIVES = frozenset(
-    {"mutex_lock", "mutex_unlock", "spin_lock", "spin_unlock", "lock", "unlock", "down_read", "up_read",
-     "down_write", "up_write", "mutex_trylock"}
-)
 
 
 def _ready(r: Callable[[], bool] | None) -> bool:
@@ -196,12 +190,33 @@ class SimThread:
 
 @dataclass
 class TraceEvent:
+    """One step of a traced execution.
+
+    ``functions`` is the whole call chain (kernel functions, innermost first); ``caller`` the
+    kernel function that made the operation; ``expr`` the kernel expression it touched
+    (``group->users``); ``before`` / ``after`` its value around the operation (a counter, a
+    field); ``what`` all of it as one line.  ``mark`` sets a step apart: ``kfree``,
+    ``fault`` (the faulting access), ``inject`` (an injected failure), ``race`` (one of the
+    two accesses of a data race).  ``user`` names the user-space call a step starts
+    (``ioctl(VFIO_GROUP_SET_CONTAINER)``); ``vfio`` is False for driver-core traffic no vfio.c
+    function takes part in (folded in the swimlanes); ``location`` is what a data race on
+    the touched member would name (``VfioGroup.container``)."""
+
     step: int
     thread: int
     op: str
     what: str
     functions: tuple[str, ...]
     switch: str = ""  # "" | "preempt" | "block" | "exit" : how control came to this thread
+    caller: str = ""
+    expr: str = ""
+    before: str = ""
+    after: str = ""
+    mark: str = ""
+    user: str = ""
+    vfio: bool = True
+    location: str = ""
+    oid: int = 0  # id() of the object touched, to follow one object through a trace
 
 
 @dataclass
@@ -241,24 +256,17 @@ FORCED: Choice = Choice((), -1, True, -1)  # a choice point the running thread k
 
 
 def describe(op: str, obj: Any) -> str:
-    """A short, human description of an operation for traces: what it touches and its value."""
+    """A short description of an operation for traces and deadlock reports: the operation
+    and the kernel expression it touches (``mutex_lock(&vfio.group_lock)``), with a
+    counter's value."""
     if obj is None:
         return op
-    cls = type(obj).__name__
-    if hasattr(obj, "refs") and cls.endswith("Refcount"):
-        c = getattr(obj, "container", None)
-        owner = type(c).__name__ if c is not None else "refcount"
-        return f"{op}({owner} refs={obj.refs})"
-    if cls.endswith("Atomic"):
-        c = getattr(obj, "container", None)
-        return f"{op}({type(c).__name__ if c is not None else 'atomic'}={obj.counter})"
     lc = getattr(obj, "lock_class", None)
-    if lc is not None:
+    if isinstance(lc, str):  # a lock is named by its lockdep class, as lockdep prints it
         return f"{op}({lc})"
-    name = getattr(obj, "name", None)
-    if isinstance(name, str):
-        return f"{op}({name})"
-    return f"{op}({cls})"
+    v = counter_of(obj)
+    text = f"{op}(&{kexpr(obj)})"
+    return text if v is None else f"{text} ({v})"
 
 
 class ControlledScheduler:
@@ -281,7 +289,8 @@ class ControlledScheduler:
         self.step_no = 0
         # One record per numbered choice point, in order (FORCED: kept without asking).
         self.choices: list[Choice] = []
-        self.trace: list[TraceEvent] = []
+        self._trace: list[TraceEvent] = []
+        self._unsettled: tuple[TraceEvent, Callable[[], str]] | None = None
         self.deadlock: DeadlockInfo | None = None
         self.step_limit_hit = False
         self._main: Any = None
@@ -717,13 +726,82 @@ class ControlledScheduler:
         if self.tracing:
             self.evaluating = True  # describing the operation is not an access of the thread
             try:
-                fns = tuple(f for f in backtrace(3, 6) if f != op and f not in _PRIMITIVES)[:3]
-                self.trace.append(
-                    TraceEvent(self.step_no, cur.index, op, describe(op, obj), fns, self._pending_switch)
+                self._settle()
+                field = "" if op in RELEASE_OPS else cur.field
+                fi = frame_info(3)
+                caller, text, expr, before, reader = describe_step(op, obj, field, fi.chain)
+                ev = TraceEvent(
+                    self.step_no, cur.index, op, text, fi.chain, self._pending_switch, caller, expr, before,
+                    vfio=fi.vfio, location=location_of(obj, field), oid=id(obj) if obj is not None else 0,
                 )
+                self._user_mark(cur, ev, fi)
+                if reader is None:
+                    if before:
+                        ev.what = f"{text} ({before})"
+                else:
+                    self._unsettled = (ev, reader)
+                self._trace.append(ev)
             finally:
                 self.evaluating = False
             self._pending_switch = ""
+
+    # -- tracing helpers ------------------------------------------------------------------------
+
+    @property
+    def trace(self) -> list[TraceEvent]:
+        """The traced steps so far (each step's value after it is filled in when read)."""
+        self._settle()
+        return self._trace
+
+    @trace.setter
+    def trace(self, events: list[TraceEvent]) -> None:
+        self._trace = events
+        self._unsettled = None
+
+    def _settle(self) -> None:
+        """The operation of the last traced step has been done: note the value it left."""
+        pending = getattr(self, "_unsettled", None)
+        if pending is not None:
+            self._unsettled = None
+            ev, reader = pending
+            ev.after = reader()
+            ev.what = f"{ev.what} {ev.before}\u2192{ev.after}" if ev.op != "WRITE_ONCE" else (
+                f"{ev.what} {ev.after} (was {ev.before})"
+            )
+
+    def _user_mark(self, cur: SimThread, ev: TraceEvent, fi: FrameInfo) -> None:
+        """Mark ``ev`` when it is the first step of a user-space call of its thread."""
+        calls: dict[int, int] = self.__dict__.setdefault("_user_calls", {})
+        if fi.user and calls.get(cur.index) != fi.user_frame:
+            ev.user = fi.user
+        calls[cur.index] = fi.user_frame
+
+    def note(self, mark: str, what: str = "", *, obj: object = None) -> None:
+        """Trace an event of the running thread that is not a scheduling point: a kfree
+        (``obj``), an injected failure.  Only when tracing, never while evaluating wait
+        conditions."""
+        if not self.tracing or self.evaluating:
+            return
+        cur = self.current
+        if cur is None:
+            return
+        self.evaluating = True
+        try:
+            expr = ""
+            if obj is not None:
+                expr = kexpr(obj)
+                what = what or f"{mark}({expr})"
+            self._settle()
+            fi = frame_info(2)
+            chain = tuple(f for f in fi.chain if f not in ("kfree", "should_fail"))
+            ev = TraceEvent(
+                self.step_no, cur.index, mark, what, fi.chain, "", chain[0] if chain else "?", expr,
+                mark=mark, vfio=fi.vfio,
+            )
+            self._user_mark(cur, ev, fi)
+            self._trace.append(ev)
+        finally:
+            self.evaluating = False
 
     def _switch_to(self, th: SimThread) -> None:
         self.current = th

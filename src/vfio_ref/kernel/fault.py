@@ -144,6 +144,11 @@ class FaultInjector:
                 self.points.append(p)
             if fail:
                 self.injected.append(p)
+                s = self.kernel.sched
+                if s is not None and getattr(s, "tracing", False):
+                    s.note(  # type: ignore[attr-defined]  # a step of a traced replay
+                        "inject", f"{kind} fails (FAULT_INJECTION: forcing a failure at {name})"
+                    )
                 self.kernel.printk(
                     f"FAULT_INJECTION: forcing a failure. name {name} ({detail}), nth={self._seq}"
                 )

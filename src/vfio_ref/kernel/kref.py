@@ -24,6 +24,7 @@ class Kref:
 
     def __init__(self, kernel: Kernel) -> None:
         self.refcount = Refcount(kernel, 0)
+        self.refcount.container = self  # so a report can name it (group->kref)
         self.container: Any = None
         note_created(kernel.sched, self)
 

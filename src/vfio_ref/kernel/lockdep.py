@@ -190,12 +190,16 @@ class Lockdep:
         for a, b in itertools.pairwise(path):
             e = self.graph[a][b]
             chain_lines.append(f"-> ({a}) -> ({b}): first taken in {e.function} [{e.thread}]")
+            chain_lines.extend(f"       {f}" for f in e.chain)
+        held_at = next((h.function for h in reversed(task.held) if h.lock.lock_class == held_cls), "?")
+        now = "\n".join(f"       {f}" for f in backtrace(4))
         text = (
             "======================================================\n"
             "WARNING: possible circular locking dependency detected\n"
             "------------------------------------------------------\n"
             f"{task.name} is trying to acquire lock:\n  ({new_cls}) at: {fn}\n"
-            f"but task is already holding lock:\n  ({held_cls})\n"
+            + (now + "\n" if now else "")
+            + f"but task is already holding lock:\n  ({held_cls}) at: {held_at}\n"
             "which lock already depends on the new lock.\n\n"
             "the existing dependency chain is:\n" + "\n".join(chain_lines) + "\n\n"
             " Possible unsafe locking scenario:\n\n"

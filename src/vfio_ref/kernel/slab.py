@@ -21,7 +21,9 @@ Complexity: kzalloc O(1), kfree O(embedded fields), leaks() O(live objects).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, model_site
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
     pass
 
 T = TypeVar("T", bound="KStruct")
+
+# How many kernel functions an allocation's or a free's call chain keeps (KASAN keeps whole
+# stacks; the model's are rarely deeper than this).  Not recorded at all in lean mode.
+CHAIN_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -187,9 +193,37 @@ def _chain(bt: tuple[str, ...]) -> str:
     return f" ({' <- '.join(bt)})" if bt else ""
 
 
+# The model's own members of a struct (its kernel pointer): touching one is how the model
+# reaches a tracked member, never an access the C makes.
+_MODEL_MEMBERS = frozenset({"kernel"})
+
+
+def _tracked_member(depth: int) -> tuple[str, str, int] | None:
+    """When the access was made by a tracked field's accessor (a SharedField reading the
+    struct's kernel pointer), the member the C accesses, read or write, and the depth of
+    the accessor's caller (relative to this function's caller)."""
+    f: FrameType | None = sys._getframe(depth + 1)
+    for d in range(depth, depth + 4):
+        if f is None:
+            return None
+        code = f.f_code
+        if code.co_name in ("__get__", "__set__") and code.co_filename.endswith("shared.py"):
+            desc = f.f_locals.get("self")
+            name = getattr(desc, "name", None)
+            if isinstance(name, str):
+                return name, "read" if code.co_name == "__get__" else "write", d + 1
+        f = f.f_back
+    return None
+
+
 def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
     info: FreeInfo | None = object.__getattribute__(obj, "_poison")
     fn, site = model_site(3)
+    if field in _MODEL_MEMBERS:
+        tracked = _tracked_member(2)
+        if tracked is not None:
+            field, access, depth = tracked
+            fn, site = model_site(depth + 1)
     tname = info.type if info else type(obj).__mro__[1].__name__
     lines = [f"BUG: KASAN: use-after-free in {fn}: {access} of {tname}.{field} [{site}]"]
     if info is not None:
@@ -205,6 +239,7 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
     exc.freed = info  # type: ignore[attr-defined]
     exc.field = field  # type: ignore[attr-defined]
     exc.access = access  # type: ignore[attr-defined]
+    exc.accessed = obj  # type: ignore[attr-defined]  # the freed struct touched (maybe embedded in another)
     return exc
 
 
@@ -292,7 +327,7 @@ class Slab:
             function=function,
             thread=k.current().name,
             step=k.step(),
-            backtrace=() if k.lean else backtrace(3, 6),
+            backtrace=() if k.lean else backtrace(3, CHAIN_DEPTH),
         )
         self.live[id(obj)] = (obj, info)
         self.allocs += 1
@@ -368,6 +403,8 @@ def kfree(k: Kernel, obj: object) -> None:
         )
         exc3.backtrace = backtrace(2)
         raise exc3
+    if s is not None and getattr(s, "tracing", False):
+        s.note("kfree", obj=obj)  # type: ignore[attr-defined]  # a step of a traced replay
     alloc = k.slab.untrack(obj)
     if not k.slab.kasan:
         return
@@ -377,7 +414,7 @@ def kfree(k: Kernel, obj: object) -> None:
         function=fn,
         thread=k.current().name,
         step=k.step(),
-        backtrace=() if k.lean else backtrace(2, 6),
+        backtrace=() if k.lean else backtrace(2, CHAIN_DEPTH),
         allocated=alloc,
     )
     poison(obj, info)

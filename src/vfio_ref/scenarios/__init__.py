@@ -7,16 +7,20 @@
 from ..explorer.explore import Finding
 from .catalogue import SCENARIO_NAMES, SCENARIOS, Scenario
 from .harness import ScenarioContext
-from .run import Verdict, fault_points, run, run_fault_sweep
+from .run import ReachedPoint, SweptPoint, Verdict, fault_points, parse_fail, reached_points, run, run_fault_sweep
 
 __all__ = [
     "SCENARIOS",
     "SCENARIO_NAMES",
     "Finding",
+    "ReachedPoint",
     "Scenario",
     "ScenarioContext",
+    "SweptPoint",
     "Verdict",
     "fault_points",
+    "parse_fail",
+    "reached_points",
     "run",
     "run_fault_sweep",
 ]

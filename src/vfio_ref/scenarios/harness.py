@@ -26,17 +26,18 @@ leak           objects still allocated after a complete teardown
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..explorer.explore import Execution, FindingId, RawFinding
 from ..explorer.scheduler import DeadlockInfo, SimThread, TraceEvent
 from ..explorer.trace import SETUP_DONE
-from ..kernel.core import Deadlock, Kernel, KernelFault, ModelUsageError
+from ..kernel.core import Deadlock, Kernel, KernelFault, ModelUsageError, UseAfterFree
 from ..kernel.errno import errno_name
 from ..vfio import load
 from ..vfio.base import VfioBase
 from ..vfio.platform import Platform
+from .shapes import TraceView, chain_block, kasan_report, kcsan_report, live_objects, warn_report
 
 
 class ScenarioContext:
@@ -116,16 +117,33 @@ def first_line(text: str) -> str:
 
 
 def judge_kernel(
-    k: Kernel, *, teardown_done: bool, deadlock: DeadlockInfo | str | None = None, step_limit: bool = False
+    k: Kernel,
+    *,
+    teardown_done: bool,
+    deadlock: DeadlockInfo | str | None = None,
+    step_limit: bool = False,
+    trace: list[TraceEvent] | None = None,
+    threads: list[str] | None = None,
 ) -> list[RawFinding]:
     """The findings of one finished execution (see the module docstring).
 
     A deadlock on a lock held by a thread that died of a fault is a consequence of that
-    fault, not a problem of its own: it is told in the fault's detail, not as a finding."""
+    fault, not a problem of its own: it is told in the fault's detail, not as a finding.
+
+    With the ``trace`` of a traced replay (and its ``threads``' names), each detail takes the
+    report shape kernel developers read (:mod:`.shapes`): KASAN's access, "Allocated by" and
+    "Freed by" with whole call chains; KCSAN's two accesses with theirs; a leak's references
+    nobody put back, as ref_tracker lists them; and the trace gains the faulting access as a
+    step of its own, and marks on the two racing accesses.  Identities never depend on it."""
     out: list[RawFinding] = []
+    tr = TraceView(trace, threads or []) if trace is not None else None
+    if tr is not None:
+        tr.add_fault_steps(k.faults)
     for w in k.warnings:
         chain = " <- ".join(w.backtrace[:6])
         detail = f"WARN in {w.function}: {w.message} (call trace: {chain}; {w.thread})"
+        if tr is not None:
+            detail += "\n" + warn_report(w)
         out.append(RawFinding("warn", detail, FindingId("warn", w.function, w.message)))
     dead: DeadlockInfo | None = deadlock if isinstance(deadlock, DeadlockInfo) else None
     consequence = ""
@@ -134,8 +152,13 @@ def judge_kernel(
     for f in k.faults:
         if isinstance(f, ModelUsageError):
             continue
-        chain = " <- ".join(f.backtrace[:6])
-        detail = f"{f.message}" + (f"\ncall trace: {chain}" if chain else "") + f" [{f.thread}]"
+        if isinstance(f, UseAfterFree):
+            detail = kasan_report(f, tr)
+        else:
+            chain = " <- ".join(f.backtrace[:6])
+            detail = f"{f.message}" + (f"\ncall trace: {chain}" if chain else "") + f" [{f.thread}]"
+            if tr is not None and f.backtrace:
+                detail += "\n" + chain_block(f"Call trace of task {f.thread}:", f.backtrace)
         if consequence and f.thread in dead.dead_holders:  # type: ignore[union-attr]
             detail += consequence
         ident = FindingId(f.kind, f.function, f.what or first_line(f.message))
@@ -169,13 +192,16 @@ def judge_kernel(
             out.append(
                 RawFinding(
                     "data-race",
-                    f"data-race on {race.location}: {race.first} vs {race.second}",
+                    kcsan_report(race, tr),
                     FindingId("data-race", "", race.location, race.pair),
                 )
             )
     if teardown_done:
-        for leak in k.leaks():
-            out.append(RawFinding("leak", str(leak), FindingId("leak", leak.allocated_by, leak.type)))
+        for obj, leak in live_objects(k):
+            detail = str(leak)
+            if tr is not None:
+                detail += "\n" + tr.ref_tracker(obj, leak)
+            out.append(RawFinding("leak", detail, FindingId("leak", leak.allocated_by, leak.type)))
     return out
 
 
@@ -193,8 +219,13 @@ def make_program(
     noiommu: bool,
     fail_nth: int | None = None,
     fail_point: str | None = None,
+    fail: Sequence[tuple[str, int | None]] = (),
 ) -> Callable[[Execution], None]:
-    """The explorer program for one scenario at one level (a fresh kernel per schedule)."""
+    """The explorer program for one scenario at one level (a fresh kernel per schedule).
+
+    Failures are injected into the scenario proper, counted from its ``begin()``:
+    ``fail_nth`` the Nth injectable call, ``fail_point`` every call at a point, and each
+    ``(point, nth)`` of ``fail`` the nth call at that point (every call when nth is None)."""
 
     def program(exe: Execution) -> None:
         k = exe.kernel
@@ -218,6 +249,8 @@ def make_program(
                 fi.fail_nth(fi._seq + fail_nth)
             if fail_point is not None:
                 fi.fail(fail_point)
+            for name, nth in fail:
+                fi.fail(name, None if nth is None else fi._counts[name] + nth)
 
         s.on_begin = arm
         try:
@@ -235,9 +268,13 @@ def make_program(
 
 
 def judge_execution(exe: Execution) -> list[RawFinding]:
+    sched = exe.sched
+    traced = sched.tracing
     return judge_kernel(
         exe.kernel,
         teardown_done=exe.data.get("teardown") == "done",
         deadlock=exe.deadlock,
         step_limit=exe.step_limit_hit,
+        trace=sched.trace if traced else None,
+        threads=exe.thread_names if traced else None,
     )

@@ -11,11 +11,12 @@ here knows what a level "should" do: verdicts come from running the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..explorer import explore, render_swimlanes, run_once
+from ..explorer import explore, render_finding, render_swimlanes, run_once
 from ..explorer.explore import (
     DEFAULT_MAX_SCHEDULES,
     Exploration,
@@ -28,9 +29,10 @@ from ..explorer.parallel import ProgramSpec
 from ..explorer.replay import ReplayStrategy
 from ..explorer.strategy import parse_schedule
 from ..kernel.core import ModelUsageError
-from ..kernel.fault import UNREACHABLE_NOTE, can_fail
+from ..kernel.fault import UNREACHABLE_NOTE, can_fail, fault_kind
 from ..vfio import check_ablation, check_level
 from .catalogue import FAULT_SWEEP_OF, SCENARIO_NAMES, SCENARIOS
+from .coverage import Coverage, CoverageReport
 from .harness import ScenarioContext, describe_observations, judge_execution, make_program
 
 ScenarioFn = Callable[[ScenarioContext], None]
@@ -48,6 +50,9 @@ class Verdict:
     trace: str = ""
     returns: list[dict[str, list[int]]] = field(default_factory=list)
     check: ReductionCheck | None = None
+    swept: list[SweptPoint] = field(default_factory=list)  # fault_sweep: each point and its verdict
+    injected: list[str] = field(default_factory=list)  # the failures asked for (fail=)
+    coverage: CoverageReport | None = None  # what the explored schedules reached (coverage=True)
 
     @property
     def complete(self) -> bool:
@@ -85,6 +90,12 @@ class Verdict:
         for st in self.stats[:1]:
             lines.append(st.verdict_line())
         lines.append("verdict: " + self.cell())
+        if self.injected:
+            lines.append("failures injected: " + ", ".join(self.injected))
+        if self.swept:
+            lines.append(f"points swept ({len(self.swept)}):")
+            for sp in self.swept:
+                lines.append(f"  {sp.render()}")
         if self.observations:
             lines.append("returns (default schedule): " + describe_observations(self.observations))
         if len(self.returns) > 1:
@@ -113,11 +124,64 @@ class Verdict:
             if traces and f.trace:
                 lines.append(f.trace)
         lines.append("")
+        if self.coverage is not None:
+            lines.append(self.coverage.render())
+            lines.append("")
         for st in self.stats:
             lines.append(st.render())
         if self.check is not None:
             lines.append(self.check.render())
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SweptPoint:
+    """One point of a fault sweep: its name, which injectable call of the scenario it is,
+    whether the modelled kernel can fail it, and the verdict with it failed."""
+
+    point: str
+    nth: int
+    reachable: bool
+    verdict: str  # clean, the finding kinds, or incomplete
+    kinds: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        note = "" if self.reachable else f" ({UNREACHABLE_NOTE})"
+        return f"#{self.nth:<3} {self.point}{note}: {self.verdict}"
+
+
+@dataclass(frozen=True)
+class ReachedPoint:
+    """An injectable point a scenario passes (after its ``begin()``, in the default
+    schedule): how many times, and whether the modelled kernel can fail it."""
+
+    name: str
+    calls: int
+    first: int  # its first call's number among every injectable call of the scenario
+    reachable: bool
+    why: str
+
+
+FailSpec = tuple[str, int | None]
+
+
+def parse_fail(text: str) -> FailSpec:
+    """``kzalloc@vfio_create_group`` (every call) or ``kzalloc@vfio_create_group:2`` (the
+    second call after the scenario's begin())."""
+    name, sep, nth = text.partition(":")
+    if "@" not in name:
+        raise ModelUsageError(
+            f"fault point {text!r}: expected KIND@FUNCTION[:N] (see `vfio-ref list faults --level L`)"
+        )
+    if not sep:
+        return name, None
+    try:
+        n = int(nth)
+    except ValueError:
+        raise ModelUsageError(f"fault point {text!r}: the call number after ':' must be a number") from None
+    if n < 1:
+        raise ModelUsageError(f"fault point {text!r}: calls are counted from 1")
+    return name, n
 
 
 def _check(name: str, level: str, ablation: str | None) -> None:
@@ -127,13 +191,18 @@ def _check(name: str, level: str, ablation: str | None) -> None:
     check_ablation(ablation, level)
 
 
-def _render(ex: Exploration, *, injected: str | None = None, traces: bool = True, full_trace: bool = False) -> None:
+def _render(
+    ex: Exploration,
+    *,
+    injected: str | None = None,
+    traces: bool = True,
+    full_trace: bool = False,
+    chains: bool = False,
+) -> None:
     for f in ex.findings:
         f.injected = injected
         if traces and f.events:
-            f.trace = render_swimlanes(
-                f.events, f.threads, last=f"{f.kind}: {f.detail.splitlines()[0]}", full=full_trace
-            )
+            f.trace = render_finding(f, full=full_trace, chains=chains)
 
 
 def run(
@@ -156,14 +225,21 @@ def run(
     check_reduction: bool = False,
     noiommu: bool = False,
     include_unreachable: bool = False,
+    fail: Sequence[FailSpec | str] = (),
+    chains: bool = False,
+    coverage: bool = False,
     jobs: int = 1,
     cluster: str | None = None,
 ) -> Verdict:
     """Run scenario ``name`` (a catalogue name, or a scenario function of a
     :class:`ScenarioContext`) at ``level`` and return its verdict (module docstring).
 
-    ``jobs`` splits a depth-first search over processes, ``cluster`` (a Dask scheduler's
-    address; catalogue scenarios only) over a cluster, with the serial result."""
+    ``fail`` injects failures into every schedule: each a point (``"kzalloc@vfio_create_group"``,
+    every call) or a point and which of its calls after ``begin()`` (``("...", 1)`` or
+    ``"kzalloc@vfio_create_group:1"``).  A point the scenario does not reach is refused,
+    naming the ones it does (``list faults`` shows them).  ``jobs`` splits a depth-first
+    search over processes, ``cluster`` (a Dask scheduler's address; catalogue scenarios
+    only) over a cluster, with the serial result."""
     if callable(name):
         fn: ScenarioFn = name
         label = getattr(fn, "__name__", "scenario")
@@ -173,6 +249,10 @@ def run(
         _check(name, level, ablation)
         label = name
         if name == "fault_sweep":
+            if fail:
+                raise ModelUsageError(
+                    "fault_sweep fails each point in turn: it takes no failure to inject (give --fail to a scenario)"
+                )
             if replay is not None or random or mode == "random":
                 raise ModelUsageError(
                     "fault_sweep runs the lifecycle once per failure point over a search space: "
@@ -188,6 +268,8 @@ def run(
                 reduction=reduction,
                 max_schedules=max_schedules,
                 include_unreachable=include_unreachable,
+                chains=chains,
+                coverage=coverage,
             )
         if include_unreachable:
             raise ModelUsageError("include_unreachable applies to fault_sweep only")
@@ -196,32 +278,41 @@ def run(
         noiommu = noiommu or sc.noiommu
     if bound is not None and bound < 0:
         raise ModelUsageError(f"bound must be 0 or more preemptions (or None: no bound), not {bound}")
+    if coverage and (jobs > 1 or cluster is not None):
+        # Coverage is Python's line tracer in this process: a split search runs elsewhere.
+        raise ModelUsageError("coverage traces this process: run it with jobs=1 and no cluster")
+    specs = [parse_fail(x) if isinstance(x, str) else x for x in fail]
+    if specs:
+        check_fail(fn, level, specs, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
     spec = None
     if cluster is not None:
         if callable(name):
             raise ModelUsageError("a search on a cluster names its scenario: a catalogue name, not a function")
-        spec = ProgramSpec(name, level, review_fixes, ablation, noiommu)
-    program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
-    ex = explore(
-        program,
-        judge_execution,
-        mode=mode,
-        random=random,
-        bound=bound,
-        seed=seed,
-        runs=runs,
-        replay=replay,
-        traces=traces,
-        reduction=reduction,
-        max_schedules=max_schedules,
-        progress=progress,
-        label=f"{label}@{level}",
-        check_reduction=check_reduction,
-        jobs=jobs,
-        cluster=cluster,
-        program_spec=spec,
-    )
-    _render(ex, traces=traces, full_trace=full_trace)
+        spec = ProgramSpec(name, level, review_fixes, ablation, noiommu, tuple(specs))
+    program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu, fail=specs)
+    cov = Coverage(level, review_fixes, ablation) if coverage else None
+    with cov if cov is not None else contextlib.nullcontext():
+        ex = explore(
+            program,
+            judge_execution,
+            mode=mode,
+            random=random,
+            bound=bound,
+            seed=seed,
+            runs=runs,
+            replay=replay,
+            traces=traces,
+            reduction=reduction,
+            max_schedules=max_schedules,
+            progress=progress,
+            label=f"{label}@{level}",
+            check_reduction=check_reduction,
+            jobs=jobs,
+            cluster=cluster,
+            program_spec=spec,
+        )
+    injected = [fail_label(p, n) for p, n in specs]
+    _render(ex, injected=", ".join(injected) or None, traces=traces, full_trace=full_trace, chains=chains)
     # The default schedule: its return codes and, when clean, its trace.
     base = run_once(program, judge_execution, ReplayStrategy(parse_schedule(replay or "-")), trace=traces)
     ctx: Any = base.ctx.data.get("ctx")
@@ -232,10 +323,79 @@ def run(
             trace = ex.findings[0].trace
         else:
             names = [t.name for t in base.sched.threads]
-            trace = render_swimlanes(base.sched.trace, names, last="clean", full=full_trace)
+            trace = render_swimlanes(base.sched.trace, names, last="clean", full=full_trace, chains=chains)
     return Verdict(
-        label, level, review_fixes, ablation, ex.findings, obs, [ex.stats], trace, ex.returns(), ex.check
+        label, level, review_fixes, ablation, ex.findings, obs, [ex.stats], trace, ex.returns(), ex.check,
+        injected=injected, coverage=cov.report() if cov is not None else None,
     )
+
+
+def fail_label(point: str, nth: int | None) -> str:
+    return f"{point} (every call)" if nth is None else f"{point} (call {nth} after begin())"
+
+
+def reached_points(
+    scenario: str | ScenarioFn,
+    level: str,
+    *,
+    review_fixes: bool = False,
+    ablation: str | None = None,
+    noiommu: bool = False,
+) -> list[ReachedPoint]:
+    """The injectable points ``scenario`` passes after its ``begin()`` in the default
+    schedule (a concurrent scenario may pass others in other schedules), in order."""
+    if isinstance(scenario, str):
+        _check(scenario, level, ablation)
+        sc = SCENARIOS[FAULT_SWEEP_OF if scenario == "fault_sweep" else scenario]
+        fn = sc.fn
+        noiommu = noiommu or sc.noiommu
+    else:
+        fn = scenario
+        check_level(level)
+        check_ablation(ablation, level)
+    program = make_program(fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
+    res = run_once(program, judge_execution, ReplayStrategy({}))
+    k = res.ctx.kernel
+    base = res.ctx.data.get("fault_base", 0)
+    out: dict[str, ReachedPoint] = {}
+    for p in k.fault_inject.points:
+        if p.seq <= base:
+            continue
+        r = out.get(p.name)
+        if r is None:
+            fk = fault_kind(p.name)
+            out[p.name] = ReachedPoint(p.name, 1, p.seq - base, fk.can_fail, fk.why)
+        else:
+            out[p.name] = ReachedPoint(r.name, r.calls + 1, r.first, r.reachable, r.why)
+    return list(out.values())
+
+
+def check_fail(
+    fn: ScenarioFn,
+    level: str,
+    specs: Sequence[FailSpec],
+    *,
+    review_fixes: bool = False,
+    ablation: str | None = None,
+    noiommu: bool = False,
+) -> None:
+    """Refuse a failure the scenario cannot meet: an unknown point, or a call number past
+    the calls the scenario makes there."""
+    reached = {r.name: r for r in reached_points(fn, level, review_fixes=review_fixes, ablation=ablation,
+                                                 noiommu=noiommu)}
+    known = ", ".join(f"{r.name} (x{r.calls})" for r in reached.values()) or "none"
+    for point, nth in specs:
+        r = reached.get(point)
+        if r is None:
+            raise ModelUsageError(
+                f"fault point {point!r} is not reached by this scenario at {level} (after begin()); "
+                f"the points it reaches: {known}"
+            )
+        if nth is not None and nth > r.calls:
+            raise ModelUsageError(
+                f"fault point {point!r} is called {r.calls} time{'s' if r.calls > 1 else ''} after begin() "
+                f"at {level}, so call {nth} is never made; the points it reaches: {known}"
+            )
 
 
 def fault_points(level: str, *, review_fixes: bool = False, ablation: str | None = None) -> list[str]:
@@ -259,6 +419,8 @@ def run_fault_sweep(
     reduction: bool = True,
     max_schedules: int | None = DEFAULT_MAX_SCHEDULES,
     include_unreachable: bool = False,
+    chains: bool = False,
+    coverage: bool = False,
 ) -> Verdict:
     """The lifecycle, once per injectable failure point with that point failed (the Nth
     injectable call of the scenario proper), each explored over the same space.
@@ -271,6 +433,8 @@ def run_fault_sweep(
     findings: dict[tuple[str, FindingId], Finding] = {}
     stats: list[Stats] = []
     swept = 0
+    swept_points: list[SweptPoint] = []
+    cov = Coverage(level, review_fixes, ablation) if coverage else None
     for n, point in enumerate(points, start=1):  # n counts every injectable call (fail_nth)
         reachable = can_fail(point)
         if not reachable and not include_unreachable:
@@ -279,19 +443,25 @@ def run_fault_sweep(
         program = make_program(
             sc.fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=sc.noiommu, fail_nth=n
         )
-        ex = explore(
-            program,
-            judge_execution,
-            bound=bound,
-            reduction=reduction,
-            max_schedules=max_schedules,
-            traces=traces,
-            label=f"fault_sweep@{level}",
-        )
+        with cov if cov is not None else contextlib.nullcontext():
+            ex = explore(
+                program,
+                judge_execution,
+                bound=bound,
+                reduction=reduction,
+                max_schedules=max_schedules,
+                traces=traces,
+                label=f"fault_sweep@{level}",
+            )
         stats.append(ex.stats)
         note = "" if reachable else f", {UNREACHABLE_NOTE}"
         label = f"{point} (injectable call #{n}{note})"
-        _render(ex, injected=label, traces=traces, full_trace=full_trace)
+        kinds = tuple(ex.kinds())
+        cell = ",".join(kinds) if kinds else "clean"
+        if not ex.stats.complete:
+            cell = cell + " (incomplete)" if kinds else "incomplete"
+        swept_points.append(SweptPoint(point, n, reachable, cell, kinds))
+        _render(ex, injected=label, traces=traces, full_trace=full_trace, chains=chains)
         for f in ex.findings:
             findings.setdefault((label, f.ident), f)
     total = Stats(space=f"fault sweep: {swept} points; each: " + (stats[0].space if stats else "nothing"))
@@ -318,4 +488,6 @@ def run_fault_sweep(
         {"points_swept": [swept]},
         [total],
         flist[0].trace if flist else "",
+        swept=swept_points,
+        coverage=cov.report() if cov is not None else None,
     )
