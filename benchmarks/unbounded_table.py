@@ -19,7 +19,7 @@ from vfio_ref.scenarios.catalogue import SCENARIOS
 
 # Two threads or more at some level: the two-thread scenarios, and one whose base-level
 # kworker makes it concurrent.
-NAMES = tuple(n for n, s in SCENARIOS.items() if s.threads >= 2) + ("notifier_left_registered",)
+NAMES = (*(n for n, s in SCENARIOS.items() if s.threads >= 2), "notifier_left_registered")
 FIXED = ("p3", "p4")  # also with the review fixes (the as-posted create bug ends those fast)
 
 

@@ -276,3 +276,18 @@ def test_the_file_helpers_stay_usable_after_a_failed_container_open() -> None:
     )
     assert run.returns[-2:] == [-ENOMEM, 0]
     assert isinstance(run.containers["c0"], File)
+
+
+@pytest.mark.parametrize("level", ["base", "p1", "p2", "p3", "p4", "p5"])
+def test_every_sweep_finding_replays_from_its_failure_and_schedule_alone(level: str) -> None:
+    """A sweep's finding names its failure as --fail takes it: injecting that one failure
+    and replaying the schedule gives the same finding (what the printed command does)."""
+    from vfio_ref.scenarios import run
+    from vfio_ref.scenarios.catalogue import FAULT_SWEEP_OF
+
+    v = run_fault_sweep(level, traces=False)
+    assert v.findings, f"the sweep at {level} finds the legitimate !unbound WARN at least"
+    for f in v.findings:
+        assert f.fail is not None and f.fail.count(":") == 1
+        again = run(FAULT_SWEEP_OF, level, fail=[f.fail], replay=f.schedule, traces=False)
+        assert f.ident in {g.ident for g in again.findings}, (f.fail, f.schedule)

@@ -64,15 +64,26 @@ def no_traceback(err: str) -> None:
 RACE = ["explore", "create_race", "--level", "base"]
 USAGE = [
     # `show` of a name that is the model's bookkeeping, not a kernel function
-    (["show", "p4", "TITLE"], "'TITLE' is not a modelled function or struct at level p4; see `vfio-ref show p4 --list"),
-    (["show", "p4", "LEVEL"], "'LEVEL' is not a modelled function or struct at level p4"),
-    (["show", "p4", "STRUCTS"], "'STRUCTS' is not a modelled function or struct at level p4"),
-    (["show", "p4", "REMOVED"], "'REMOVED' is not a modelled function or struct at level p4"),
-    (["show", "p4", "resolve"], "'resolve' is not a modelled function or struct at level p4"),
-    (["show", "base", "LEVEL"], "'LEVEL' is not a modelled function or struct at level base"),
-    (["show", "p5", "__init__"], "'__init__' is not a modelled function or struct at level p5"),
-    (["show", "p5", "_ablation_setup"], "'_ablation_setup' is not a modelled function or struct at level p5"),
-    (["show", "p5", "vfio_group_get_from_minor"], "'vfio_group_get_from_minor' is not a modelled function"),
+    (["show", "p4", "TITLE"], "'TITLE' is neither a function or struct of vfio.c at p4"
+     " nor a function of the simulated kernel; see `vfio-ref show p4 --list"),
+    (["show", "p4", "LEVEL"], "'LEVEL' is neither a function or struct of vfio.c at p4"
+     " nor a function of the simulated kernel"),
+    (["show", "p4", "STRUCTS"], "'STRUCTS' is neither a function or struct of vfio.c at p4"
+     " nor a function of the simulated kernel"),
+    (["show", "p4", "REMOVED"], "'REMOVED' is neither a function or struct of vfio.c at p4"
+     " nor a function of the simulated kernel"),
+    (["show", "p4", "resolve"], "'resolve' is neither a function or struct of vfio.c at p4"
+     " nor a function of the simulated kernel"),
+    (["show", "base", "LEVEL"], "'LEVEL' is neither a function or struct of vfio.c at base"
+     " nor a function of the simulated kernel"),
+    (["show", "p5", "__init__"], "'__init__' is neither a function or struct of vfio.c at p5"
+     " nor a function of the simulated kernel"),
+    (["show", "p5", "_ablation_setup"], "'_ablation_setup' is neither a function or struct of vfio.c at p5"
+     " nor a function of the simulated kernel"),
+    (
+        ["show", "p5", "vfio_group_get_from_minor"],
+        "'vfio_group_get_from_minor' is neither a function or struct of vfio.c at p5",
+    ),
     (["show", "p5", "vfio_group_put", "--list"], "--list lists every function at p5: give FUNCTION or --list"),
     # options that would be ignored or mean nothing
     (["report", "--scenario", "fault_sweep", "--bound", "-1"], "--bound must be 0 or more preemptions, not -1"),
@@ -103,8 +114,8 @@ USAGE = [
     (["explore", "open_vs_last_put", "--level", "p5", "--review-fixes"], "--review-fixes changes nothing at p5"),
     (["report", "--review-fixes", "--level", "base", "--level", "p5"], "--review-fixes changes nothing at base, p5"),
     (["report", "--review-fixes", "--ablation", "open_refcount_inc"], "--review-fixes changes nothing at p5"),
-    (["show", "p5", "vfio_group_put", "--review-fixes"], "--review-fixes changes nothing at p5"),
-    (["diff", "base", "p1", "--review-fixes"], "--review-fixes changes nothing at base, p1"),
+    (["show", "p5", "vfio_group_put", "--review-fixes"], "'p5': review fixes exist for p3, p4 only, not p5"),
+    (["diff", "base", "p1", "--review-fixes"], "'base': review fixes exist for p3, p4 only, not base"),
     # a repeated level or scenario (it would be a repeated column or row)
     (["report", "--level", "p5", "--level", "p5"], "--level p5 is given twice"),
     (["report", "--scenario", "lifecycle", "--scenario", "lifecycle"], "--scenario lifecycle is given twice"),

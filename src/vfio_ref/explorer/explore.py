@@ -127,7 +127,9 @@ class Finding:
     """One distinct problem: ``kind`` (warn, bug, use-after-free, double-free, leak, deadlock,
     lockdep, data-race), a ``detail`` in the kernel's report shape, its identity, the
     shortened ``schedule`` that produces it, the steps of that schedule (``events``) and
-    how many schedules produced it.  ``injected`` names a fault that was injected for it."""
+    how many schedules produced it.  ``injected`` names a fault that was injected for it;
+    ``fail`` is that failure as ``run(..., fail=[...])`` / ``--fail`` take it, when it can be
+    asked for that way (a fault sweep's reachable points)."""
 
     kind: str
     detail: str
@@ -138,6 +140,7 @@ class Finding:
     threads: list[str] = field(default_factory=list)
     count: int = 1
     injected: str | None = None
+    fail: str | None = None
     reproduced: bool = True
     trace: str = ""  # the swimlanes of ``events``, rendered (filled by the scenario layer)
 

@@ -110,8 +110,14 @@ class Verdict:
             flags = (" --review-fixes" if self.review_fixes else "") + (
                 f" --ablation {self.ablation}" if self.ablation else ""
             )
-            if f.injected:
-                # A sweep's finding depends on its injected failure too: rerun the sweep.
+            if f.fail:
+                # A sweep's finding depends on its injected failure too: inject it, then replay.
+                lines.append(
+                    f"  schedule: {f.schedule}   (replay: vfio-ref explore {FAULT_SWEEP_OF} --level "
+                    f"{self.level}{flags} --fail {f.fail} --replay {f.schedule})"
+                )
+            elif f.injected:
+                # Not injectable by name (a point the kernel cannot fail): rerun the sweep.
                 lines.append(
                     f"  schedule: {f.schedule}   (with that failure injected; rerun: vfio-ref explore "
                     f"{self.scenario} --level {self.level}{flags})"
@@ -462,7 +468,10 @@ def run_fault_sweep(
             cell = cell + " (incomplete)" if kinds else "incomplete"
         swept_points.append(SweptPoint(point, n, reachable, cell, kinds))
         _render(ex, injected=label, traces=traces, full_trace=full_trace, chains=chains)
+        # The same failure by name: the Nth injectable call is this point's k-th call.
+        spec = f"{point}:{points[:n].count(point)}" if reachable else None
         for f in ex.findings:
+            f.fail = spec
             findings.setdefault((label, f.ident), f)
     total = Stats(space=f"fault sweep: {swept} points; each: " + (stats[0].space if stats else "nothing"))
     for st in stats:
