@@ -121,6 +121,9 @@ def _give_back(g: Any) -> None:
         free.append(g)
 
 
+_new_tuple = tuple.__new__
+
+
 def _ready(r: Callable[[], bool] | None) -> bool:
     """Whether a pending operation can go ahead.  A condition that reads freed memory (a
     thread waiting on a mutex inside a freed struct) lets the thread run: it then meets the
@@ -710,11 +713,14 @@ class ControlledScheduler:
                 self.strategy.choose(self, ChoicePoint(-1, (enabled[0].index,), cur.index, cur_enabled))
             return enabled[0]
         tids = tuple([t.index for t in enabled])
-        i = len(self.choices)
+        choices = self.choices
+        i = len(choices)
         self.last_choice = i
-        c = self.strategy.choose(self, ChoicePoint(i, tids, cur.index, cur_enabled))
-        self.choices.append(Choice(tids, cur.index, cur_enabled, c))
-        if c == cur.index and cur_enabled:
+        ci = cur.index
+        # tuple.__new__ builds the records without NamedTuple's Python-level __new__ (a hot path).
+        c = self.strategy.choose(self, _new_tuple(ChoicePoint, (i, tids, ci, cur_enabled)))
+        choices.append(_new_tuple(Choice, (tids, ci, cur_enabled, c)))
+        if c == ci and cur_enabled:
             return cur
         for t in enabled:
             if t.index == c:
