@@ -8,6 +8,7 @@ would block forever ends in a Deadlock within a second instead of hanging the ru
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -34,3 +35,53 @@ def _only_warning(kernel: Kernel, function: str, message: str) -> WarnEvent:
 def only_warning() -> OnlyWarning:
     """``only_warning(k, function, message)``: the one and only WARN that fired on ``k``."""
     return _only_warning
+
+
+# -- the reliability figures (tests/reliability), in the run's summary --------------------------
+
+ORDER = (
+    "sequences run",
+    "sequence steps",
+    "interleavings explored",
+    "stress operations",
+    "stress seconds",
+    "fault points swept",
+    "fault combinations run",
+    "misuses tried",
+)
+
+
+def _figures() -> dict[str, float]:
+    from reliability import FIGURES  # tests/ is on sys.path: the package the tests import
+
+    figures: dict[str, float] = FIGURES
+    return figures
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: a worker finished; add its figures to this process's."""
+    figures = _figures()
+    for name, value in getattr(node, "workeroutput", {}).get("vfio_ref_figures", {}).items():
+        figures[name] = figures.get(name, 0) + value
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    from reliability import LONG
+
+    figures = _figures()
+    if not figures:
+        return
+    tr = terminalreporter
+    tr.write_sep("-", f"vfio_ref reliability figures ({'long' if LONG else 'short'} run)")
+    for name in [*ORDER, *sorted(set(figures) - set(ORDER))]:
+        if name in figures:
+            value = figures[name]
+            tr.write_line(
+                f"{name:>44}: {value:.1f}"
+                if isinstance(value, float) and not value.is_integer()
+                else f"{name:>44}: {int(value)}"
+            )
+    ops, secs = figures.get("stress operations", 0), figures.get("stress seconds", 0)
+    if ops and secs:
+        tr.write_line(f"{'stress operations per second':>44}: {ops / secs:.0f}")

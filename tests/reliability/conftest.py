@@ -1,36 +1,14 @@
-"""Print the reliability figures in the test run's summary (see ``FIGURES``)."""
+"""Hand the reliability figures (see ``FIGURES``) to the run's summary: tests/conftest.py
+prints them, and under pytest-xdist each worker sends its own to the controller."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import FIGURES, LONG
-
-ORDER = (
-    "sequences run",
-    "sequence steps",
-    "interleavings explored",
-    "stress operations",
-    "stress seconds",
-    "fault points swept",
-    "fault combinations run",
-    "misuses tried",
-)
+from . import FIGURES
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
-    if not FIGURES:
-        return
-    tr = terminalreporter
-    tr.write_sep("-", f"vfio_ref reliability figures ({'long' if LONG else 'short'} run)")
-    for name in [*ORDER, *sorted(set(FIGURES) - set(ORDER))]:
-        if name in FIGURES:
-            value = FIGURES[name]
-            tr.write_line(
-                f"{name:>44}: {value:.1f}"
-                if isinstance(value, float) and not value.is_integer()
-                else f"{name:>44}: {int(value)}"
-            )
-    ops, secs = FIGURES.get("stress operations", 0), FIGURES.get("stress seconds", 0)
-    if ops and secs:
-        tr.write_line(f"{'stress operations per second':>44}: {ops / secs:.0f}")
+def pytest_sessionfinish(session: Any) -> None:
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:  # an xdist worker: the controller adds these up
+        out["vfio_ref_figures"] = dict(FIGURES)
