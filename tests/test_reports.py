@@ -375,3 +375,23 @@ def test_coverage_says_which_functions_and_branches_the_schedules_reached(
     assert doc["coverage"]["reached"] == cov.reached
     rc, out, _ = cli(capsys, "report", "--coverage", "--scenario", "lifecycle", "--level", "p5", "--jobs", "1")
     assert rc == 0 and re.search(r"lifecycle\s+fn \d+/\d+ br \d+/\d+", out)
+
+
+def test_each_of_two_identical_calls_in_a_row_is_marked_as_its_own_user_call() -> None:
+    # Two closes in a row run in frames that may reuse one address: each call is numbered,
+    # so both are marked (a frame's id made the second look like the first, now and then).
+    def twice(s: ScenarioContext) -> None:
+        p = s.platform
+        p.add_group("g0")
+        p.add_device("0000:00:01.0", "g0")
+        s.begin()
+        s.observe("bind", p.bind("0000:00:01.0"))
+        first = p.open_group("0000:00:01.0")
+        second = p.dup(first)
+        for f in (first, second):
+            s.observe("close", p.close(f))
+        p.unbind("0000:00:01.0")
+
+    v = run(twice, "p5", full_trace=True)
+    assert v.clean and v.observations["close"] == [0, 0]
+    assert v.trace.count("» close(") == 2, v.trace

@@ -131,7 +131,7 @@ def frame_info(skip: int = 2) -> FrameInfo:
         if code.co_name == "_entry" and fn.endswith(_PLATFORM) and not user:
             user = _user_label(f)
             if user:
-                user_frame = id(f)
+                user_frame = f.f_locals.get("_call") or id(f)  # the call's serial number
         name = _shown(code)
         if name is not None:
             if _is_level_file(fn):

@@ -34,6 +34,7 @@ whole platform down in a fixed order so that the leak check sees only real leaks
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -92,11 +93,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+# Numbers each user-space call (a frame's id can be reused once the frame is freed, so two
+# calls in a row could look like one).
+_CALL_SERIAL = itertools.count(1)
+
+
 def _kernel_entry(fn: Callable[Concatenate[Platform, P], R]) -> Callable[Concatenate[Platform, P], R]:
     """A platform call that enters the kernel: a KernelFault that comes out of it is the
     kernel oopsing, so it is recorded in ``k.faults`` before it propagates."""
 
     def _entry(self: Platform, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        _call = next(_CALL_SERIAL)  # read from this frame by the tracer: which call a step is of
         try:
             return fn(self, *args, **kwargs)
         except KernelFault as e:
