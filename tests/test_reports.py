@@ -49,7 +49,7 @@ def test_a_use_after_free_reads_as_kasan_access_then_allocated_by_then_freed_by(
     v = run("lifecycle", "p3")
     (f,) = v.findings
     lines = f.detail.splitlines()
-    assert lines[0].startswith("BUG: KASAN: use-after-free in vfio_group_get_device: read of VfioGroup.device_lock")
+    assert lines[0].startswith("BUG: KASAN: use-after-free in vfio_group_get_device: read of group->device_lock")
     access = lines.index(next(ln for ln in lines if ln.startswith("Read of ")))
     assert re.fullmatch(r"Read of group->device_lock \(struct vfio_group\) by task main at step \d+:", lines[access])
     assert lines[access + 1 : access + 3] == ["  vfio_group_get_device", "  __vfio_register_dev"]
@@ -134,7 +134,7 @@ def test_a_leak_names_the_reference_nobody_put_back_as_ref_tracker_does() -> Non
     (f,) = v.findings
     assert f.kind == "leak"
     lines = f.detail.splitlines()
-    assert lines[0].startswith("unreferenced object IommuGroup (iommu_group 0 refs=1)")
+    assert lines[0].startswith("unreferenced object struct iommu_group (iommu_group 0, kref 1)")
     assert lines[1].startswith("ref_tracker: iommu_group->kref has 1 reference never put")
     assert re.fullmatch(r"  step \d+ \[T1\]: iommu_group_get: kref_get\(&iommu_group->kref\) \d+\u2192\d+", lines[2])
     assert "    iommu_group_get" in lines[3:6]
@@ -209,7 +209,7 @@ def test_explore_json_carries_findings_schedules_faults_and_events_and_matches_t
     (f,) = doc["findings"]
     assert f["kind"] == "use-after-free" and f["schedule"] == "-" and f["injected"] is None
     assert f["id"] == {"kind": "use-after-free", "function": "vfio_group_get_device",
-                       "what": "read of VfioGroup.device_lock", "other": ""}
+                       "what": "read of group->device_lock", "other": ""}
     marks = [e["mark"] for e in f["events"] if e["mark"]]
     assert marks[-2:] == ["kfree", "fault"]
     assert [e["step"] for e in f["events"]] == list(range(1, len(f["events"]) + 1))

@@ -480,7 +480,7 @@ def test_without_the_parent_reference_a_close_after_the_final_put_device_is_use_
     with pytest.raises(UseAfterFree) as exc:
         f.close()
     msg = exc.value.message
-    assert msg.startswith("BUG: KASAN: use-after-free in cdev_put: read of Box.")
+    assert msg.startswith("BUG: KASAN: use-after-free in cdev_put: read of box->cdev.owner (struct box)")
     assert "Freed by task" in msg and "put_device" in msg
     assert exc.value.freed.type == "Box"  # type: ignore[attr-defined]
     assert f.closed

@@ -142,7 +142,7 @@ def test_leak_report_names_the_group_and_its_references(k: Kernel) -> None:
     g = alloc(k)
     iommu_group_ref_get(g)
     assert [(leak.type, leak.allocated_by, leak.detail) for leak in k.leaks()] == [
-        ("IommuGroup", "iommu_group_alloc", f"iommu_group {g.id} refs=2")
+        ("IommuGroup", "iommu_group_alloc", f"iommu_group {g.id}, kref 2")
     ]
 
 

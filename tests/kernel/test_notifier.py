@@ -338,7 +338,7 @@ def test_a_freed_block_still_on_the_chain_is_a_use_after_free(k: Kernel) -> None
     with pytest.raises(UseAfterFree) as exc:
         blocking_notifier_call_chain(nh, 1, lambda: None)
     # KASAN names the allocation the block lives in, and the walk that read it.
-    assert "use-after-free in notifier_call_chain: read of Watcher.next" in exc.value.message
+    assert "use-after-free in notifier_call_chain: read of watcher->nb.next (struct watcher)" in exc.value.message
 
 
 # --------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_a_cdev_without_a_reference_on_its_device_lets_an_open_use_a_freed_group
     while an open is in flight?  The cdev's reference on its parent device."""
     v = verdict("open_vs_last_put", "p5", "cdev_without_parent_ref")
     assert v.kinds() == ["use-after-free"]
-    assert all("VfioGroup" in d for d in heads(v, "use-after-free"))
+    assert all("(struct vfio_group)" in d for d in heads(v, "use-after-free"))
     assert any("cdev_put" in d for d in heads(v, "use-after-free"))
 
 

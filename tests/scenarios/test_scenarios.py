@@ -130,7 +130,7 @@ def test_two_creators_leak_an_iommu_group_reference_until_patch_3() -> None:
     for level in ("base", "p1", "p2"):
         v = verdict("create_race", level)
         assert v.kinds() == ["leak"], level
-        assert "IommuGroup" in v.findings[0].detail
+        assert "struct iommu_group" in v.findings[0].detail
         assert v.findings[0].schedule != "-"  # it takes a preemption
     for level in ("p3", "p4"):
         assert verdict("create_race", level, True).clean
@@ -227,4 +227,4 @@ def test_a_finding_trace_reads_as_swimlanes_from_the_end_of_setup() -> None:
     assert [c.strip() for c in head.split("|")] == ["step", "main", "T1", "T2", "kworker/1"]
     assert "building the platform, folded" in t
     assert "preempted; switch to" in t
-    assert t.splitlines()[-1].startswith("leak: unreferenced object IommuGroup")
+    assert t.splitlines()[-1].startswith("leak: unreferenced object struct iommu_group")

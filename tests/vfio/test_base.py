@@ -133,7 +133,7 @@ def test_two_creators_of_one_group_leak_an_iommu_group_reference(first: str) -> 
     m.p.teardown()
     leaks = m.k.leaks()
     assert [(leak.type, leak.allocated_by) for leak in leaks] == [("IommuGroup", "iommu_group_alloc")]
-    assert "refs=1" in leaks[0].detail  # exactly the loser's reference
+    assert "kref 1" in leaks[0].detail  # exactly the loser's reference
     assert m.warnings() == []
 
 

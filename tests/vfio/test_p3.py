@@ -23,7 +23,7 @@ def test_as_posted_creating_a_group_is_a_use_after_free() -> None:
         m.p.bind(A)
     msg = uaf.value.message
     # where it is used: the registration's device lookup on the group it was handed
-    assert "use-after-free in vfio_group_get_device: read of VfioGroup.device_lock" in msg
+    assert "use-after-free in vfio_group_get_device: read of group->device_lock" in msg
     assert "__vfio_register_dev" in uaf.value.backtrace
     # who freed it: vfio_create_group itself, on its way out (the err_put_group label)
     assert "Freed by task" in msg and "in vfio_create_group" in msg.split("Freed by task")[1]

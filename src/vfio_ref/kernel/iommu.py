@@ -120,10 +120,10 @@ class IommuGroup(KStruct):
         self.id = -1
 
     def leak_detail(self) -> str:
-        return f"iommu_group {self.id} refs={self.kref.refcount.refs}"
+        return f"iommu_group {self.id}, kref {self.kref.refcount.refs}"
 
     def __repr__(self) -> str:
-        return f"<iommu_group {self.id} refs={self.kref.refcount.refs} devices={len(self.devices)}>"
+        return f"<iommu_group {self.id}, kref {self.kref.refcount.refs}, {len(self.devices)} devices>"
 
 
 class IommuOps:

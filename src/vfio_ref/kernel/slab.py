@@ -70,8 +70,10 @@ class Leak:
     backtrace: tuple[str, ...]
 
     def __str__(self) -> str:
+        from ..explorer.kexpr import struct_name  # the C name (reports only)
+
         extra = f" ({self.detail})" if self.detail else ""
-        return f"unreferenced object {self.type}{extra}, allocated by {self.allocated_by} [{self.thread}]"
+        return f"unreferenced object {struct_name(self.type)}{extra}, allocated by {self.allocated_by} [{self.thread}]"
 
 
 class KStruct:
@@ -225,7 +227,14 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
             field, access, depth = tracked
             fn, site = model_site(depth + 1)
     tname = info.type if info else type(obj).__mro__[1].__name__
-    lines = [f"BUG: KASAN: use-after-free in {fn}: {access} of {tname}.{field} [{site}]"]
+    from ..explorer.kexpr import is_embedded, kexpr, struct_name  # the C names (reports only)
+
+    # group->device_lock; group->cdev.list through an embedded struct; the struct itself when
+    # the model touched what C does not have: its own bookkeeping (``.kernel``), or the back
+    # pointer of an embedded struct (C's container_of is arithmetic, not a read).
+    model_only = field in _MODEL_MEMBERS or (field == "container" and is_embedded(obj))
+    member = kexpr(obj, "" if model_only else field)
+    lines = [f"BUG: KASAN: use-after-free in {fn}: {access} of {member} ({struct_name(tname)}) [{site}]"]
     if info is not None:
         if info.allocated is not None:
             a = info.allocated
@@ -234,7 +243,7 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
             f"Freed by task {info.thread} in {info.function}{_chain(info.backtrace)}"
             + (f" at step {info.step}" if info.step is not None else "")
         )
-    exc = UseAfterFree("\n".join(lines), function=fn, what=f"{access} of {tname}.{field}")
+    exc = UseAfterFree("\n".join(lines), function=fn, what=f"{access} of {member}")
     exc.backtrace = backtrace(3)
     exc.freed = info  # type: ignore[attr-defined]
     exc.field = field  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..explorer.explore import Execution, FindingId, RawFinding
+from ..explorer.kexpr import struct_name
 from ..explorer.scheduler import DeadlockInfo, SimThread, TraceEvent
 from ..explorer.trace import SETUP_DONE
 from ..kernel.core import Deadlock, Kernel, KernelFault, ModelUsageError, UseAfterFree
@@ -201,7 +202,7 @@ def judge_kernel(
             detail = str(leak)
             if tr is not None:
                 detail += "\n" + tr.ref_tracker(obj, leak)
-            out.append(RawFinding("leak", detail, FindingId("leak", leak.allocated_by, leak.type)))
+            out.append(RawFinding("leak", detail, FindingId("leak", leak.allocated_by, struct_name(leak.type))))
     return out
 
 
