@@ -32,7 +32,7 @@ import pytest
 from _bench import FIXED_IN_REVIEW, FLOOR_GREENLET, QUICK, add_note, is_disabled, level_label, tag
 from vfio_ref import LEVELS
 from vfio_ref.explorer import Execution, RawFinding, explore, run_once
-from vfio_ref.explorer.records import ChoicePoint, Event
+from vfio_ref.explorer.records import ChoicePoint
 from vfio_ref.explorer.replay import ReplayStrategy
 from vfio_ref.explorer.scheduler import ControlledScheduler
 from vfio_ref.kernel import Mutex
@@ -49,38 +49,15 @@ EXHAUST_LEVELS = ("p1", "p5") if QUICK else LEVELS  # base is the slowest to exh
 # -- one scheduling point ---------------------------------------------------------------------
 
 
-class _AlwaysSwitch:
-    """Run another thread at every choice point (one execution, nothing recorded)."""
-
-    records = False
-    watches = False
-    sleeping = False
+class _AlwaysSwitch(ReplayStrategy):
+    """Run another thread at every choice point (one execution, nothing recorded: the rest
+    of the protocol is the replay strategy's)."""
 
     def __init__(self) -> None:
-        self._runs = 0
-
-    def new_execution(self) -> bool:
-        self._runs += 1
-        return self._runs == 1
+        super().__init__({})
 
     def choose(self, sched: ControlledScheduler, cp: ChoicePoint) -> int:
         return next((t for t in cp.enabled if t != cp.running), cp.running)
-
-    def executed(self, sched: ControlledScheduler, ev: Event) -> None:
-        pass
-
-    def finished(self, sched: ControlledScheduler, pending: list[Event]) -> None:
-        pass
-
-    def end_execution(self, sched: ControlledScheduler) -> None:
-        pass
-
-    @property
-    def complete(self) -> bool:
-        return False
-
-    def describe(self) -> str:
-        return "always switch"
 
 
 def _alternating(ctx: Execution) -> None:

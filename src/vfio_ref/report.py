@@ -24,7 +24,7 @@ import concurrent.futures
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .explorer.explore import DEFAULT_MAX_SCHEDULES
@@ -102,7 +102,7 @@ def finding_json(f: Any) -> dict[str, Any]:
     schedule that produces it and the fault injected for it, and the steps of that schedule."""
     return {
         "kind": f.kind,
-        "id": {"kind": f.ident.kind, "function": f.ident.function, "what": f.ident.what, "other": f.ident.other},
+        "id": asdict(f.ident),  # kind, function, what, other
         "summary": f.detail.splitlines()[0] if f.detail else "",
         "detail": f.detail,
         "schedule": f.schedule,

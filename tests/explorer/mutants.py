@@ -13,12 +13,12 @@ are the mutants that matter, each the mistake a reduction or a checker is known 
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PY = sys.executable
+sys.path.insert(0, str(ROOT / "tests"))  # run as a script: the shared runner is tests/reliability's
+from reliability.mutants import Mutant, run_mutants  # noqa: E402
+
 REC = "src/vfio_ref/explorer/records.py"
 DPOR = "src/vfio_ref/explorer/dpor.py"
 DFS = "src/vfio_ref/explorer/dfs.py"
@@ -33,7 +33,7 @@ REG = "tests/explorer/test_reduction_regressions.py"
 EXP = "tests/explorer/test_explorer.py"
 EDGES = "tests/kernel/test_hb_edges.py"
 
-M: list[tuple[str, str, str, str, list[str]]] = [
+M: list[Mutant] = [
     (
         "X1 a read and a write of one location are independent (the issue's survivor)",
         REC,
@@ -146,7 +146,7 @@ M: list[tuple[str, str, str, str, list[str]]] = [
 # (measured against the plain search: X7' on 150 generated counter programs with no bound,
 # 5 of them with fewer schedules; X11' on 450 runs of wait_event programs at bounds 2, 3 and
 # none, and on the hand-made case below, 3 schedules instead of 4, the same outcomes).
-EQUIVALENT: list[tuple[str, str, str, str, list[str]]] = [
+EQUIVALENT: list[Mutant] = [
     # X7' (dpor.py, _counter): a counter step s of thread p skips the steps in h.prev (counter
     # steps of segments a read has closed since the last write).  Each such step c happens
     # before a read still in h.reads: the read r that closed c's segment joined c's clock (the
@@ -190,35 +190,8 @@ def main() -> int:
     mutants = M
     if only[:1] == ["--equivalent"]:
         only, mutants = only[1:], EQUIVALENT
-    results: list[tuple[str, str]] = []
-    for name, f, old, new, tests in mutants:
-        if only and not any(o in name for o in only):
-            continue
-        path = ROOT / f
-        src = path.read_text()
-        n = src.count(old)
-        if n != 1:
-            results.append((name, f"NOT APPLIED ({n} matches)"))
-            print(name, "NOT APPLIED", n, flush=True)
-            continue
-        path.write_text(src.replace(old, new))
-        t0 = time.time()
-        try:
-            p = subprocess.run(
-                [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            verdict = "killed" if p.returncode != 0 else "SURVIVED"
-        finally:
-            path.write_text(src)
-        results.append((name, verdict))
-        print(f"{verdict:9s} {time.time() - t0:5.1f}s  {name}", flush=True)
-    print()
-    print(sum(v == "killed" for _, v in results), "killed of", len(results))
-    return 0 if all(v == "killed" for _, v in results) else 1
+    # hypothesis derandomised, so that a run is repeatable
+    return run_mutants(mutants, only, root=ROOT, pytest_args=("--hypothesis-seed=0",), timeout=1800)
 
 
 if __name__ == "__main__":

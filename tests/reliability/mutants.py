@@ -34,7 +34,9 @@ def k(expr):
     return f"{REF}::{expr}" if "::" not in expr else expr
 
 
-M = [
+Mutant = tuple[str, str, str, str, list[str]]  # name, file, exact old text, new text, tests
+
+M: list[Mutant] = [
     # mutex.py
     (
         "M1 non-owner unlock silent (old behaviour)",
@@ -399,13 +401,16 @@ M += [
 ]
 
 
-def main() -> int:
-    only = sys.argv[1:]
+def run_mutants(
+    mutants: list[Mutant], only: list[str], *, root: pathlib.Path, pytest_args: tuple[str, ...] = (), timeout: int
+) -> int:
+    """Apply each mutant whose name contains one of ``only`` (every one when empty), run its
+    tests with ``-x``, put the source back (also when interrupted); 0 when all are killed."""
     results: list[tuple[str, str]] = []
-    for name, f, old, new, tests in M:
+    for name, f, old, new, tests in mutants:
         if only and not any(o in name for o in only):
             continue
-        path = ROOT / f
+        path = root / f
         src = path.read_text()
         n = src.count(old)
         if n != 1:
@@ -416,11 +421,11 @@ def main() -> int:
         t0 = time.time()
         try:
             p = subprocess.run(
-                [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                cwd=ROOT,
+                [PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *pytest_args, *tests],
+                cwd=root,
                 capture_output=True,
                 text=True,
-                timeout=900,
+                timeout=timeout,
             )
             verdict = "killed" if p.returncode != 0 else "SURVIVED"
         finally:
@@ -430,6 +435,10 @@ def main() -> int:
     print()
     print(sum(v == "killed" for _, v in results), "killed of", len(results))
     return 0 if all(v == "killed" for _, v in results) else 1
+
+
+def main() -> int:
+    return run_mutants(M, sys.argv[1:], root=ROOT, timeout=900)
 
 
 if __name__ == "__main__":

@@ -4,26 +4,19 @@ failure that decision prevents, and the same scenario must be clean without the 
 from __future__ import annotations
 
 import os
-from functools import cache
 
 import pytest
 
 from vfio_ref.scenarios import Verdict, run
 from vfio_ref.vfio import REVIEW_FIX_LEVELS, ablations_table
 
-from .verdicts import fixed
+from .verdicts import ABLATION_BOUND, ablated, fixed
 
-# Every ablation's failure shows with one preemption; the cross-checks at two (and the
-# plain search beside them) run with VFIO_REF_LONG=1.
-BOUND = 1
+# The cross-checks at two preemptions (and the plain search beside them) run with
+# VFIO_REF_LONG=1.
+BOUND = ABLATION_BOUND
 LONG = os.environ.get("VFIO_REF_LONG") == "1"
-
-
-@cache
-def verdict(scenario: str, level: str, ablation: str | None) -> Verdict:
-    return run(
-        scenario, level, ablation=ablation, review_fixes=level in REVIEW_FIX_LEVELS, bound=BOUND, traces=False
-    )
+verdict = ablated  # every ablation's verdict, computed once per test run (verdicts.py)
 
 
 def heads(v: Verdict, kind: str) -> list[str]:

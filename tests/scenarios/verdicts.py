@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 
 from vfio_ref.report import Report, build_report, default_jobs
-from vfio_ref.scenarios import Verdict
+from vfio_ref.scenarios import Verdict, run
 from vfio_ref.vfio import REVIEW_FIX_LEVELS
 
 
@@ -31,3 +31,17 @@ def verdict(name: str, level: str, review_fixes: bool = False) -> Verdict:
 def fixed(name: str, level: str) -> Verdict:
     """The verdict at ``level`` with the review's fix where the level has one."""
     return verdict(name, level, level in REVIEW_FIX_LEVELS)
+
+
+# Every ablation's failure shows with one preemption (the cross-checks at two run with
+# VFIO_REF_LONG=1, in test_ablations.py).
+ABLATION_BOUND = 1
+
+
+@cache
+def ablated(scenario: str, level: str, ablation: str) -> Verdict:
+    """``scenario`` at ``level`` with ``ablation`` (and the review fix where the level has one)."""
+    return run(
+        scenario, level, ablation=ablation, review_fixes=level in REVIEW_FIX_LEVELS, bound=ABLATION_BOUND,
+        traces=False,
+    )

@@ -40,7 +40,7 @@ from ..kernel.sched import ACQUIRE_OPS, COUNTER_OPS, READ_OPS, RELEASE_OPS
 if TYPE_CHECKING:
     from .strategy import Strategy
 
-from .kexpr import kexpr
+from ..kernel.kexpr import kexpr
 from .records import (
     ACQ,
     CTR,

@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from ..kernel.core import _SKIP_FRAMES, _is_model_file
-from .kexpr import kexpr, type_name, value_text
+from ..kernel.kexpr import kexpr, type_name, value_text
 
 CHAIN_LIMIT = 24
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, model_site
 from .errno import IS_ERR
+from .kexpr import is_embedded, kexpr, struct_name
 from .sched import Scheduler, note_created
 
 if TYPE_CHECKING:
@@ -70,8 +71,6 @@ class Leak:
     backtrace: tuple[str, ...]
 
     def __str__(self) -> str:
-        from ..explorer.kexpr import struct_name  # the C name (reports only)
-
         extra = f" ({self.detail})" if self.detail else ""
         return f"unreferenced object {struct_name(self.type)}{extra}, allocated by {self.allocated_by} [{self.thread}]"
 
@@ -227,8 +226,6 @@ def _uaf(obj: Any, field: str, access: str) -> UseAfterFree:
             field, access, depth = tracked
             fn, site = model_site(depth + 1)
     tname = info.type if info else type(obj).__mro__[1].__name__
-    from ..explorer.kexpr import is_embedded, kexpr, struct_name  # the C names (reports only)
-
     # group->device_lock; group->cdev.list through an embedded struct; the struct itself when
     # the model touched what C does not have: its own bookkeeping (``.kernel``), or the back
     # pointer of an embedded struct (C's container_of is arithmetic, not a read).

@@ -30,11 +30,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..explorer.explore import Execution, FindingId, RawFinding
-from ..explorer.kexpr import struct_name
 from ..explorer.scheduler import DeadlockInfo, SimThread, TraceEvent
 from ..explorer.trace import SETUP_DONE
 from ..kernel.core import Deadlock, Kernel, KernelFault, ModelUsageError, UseAfterFree
 from ..kernel.errno import errno_name
+from ..kernel.kexpr import struct_name
 from ..vfio import load
 from ..vfio.base import VfioBase
 from ..vfio.platform import Platform

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..explorer.kexpr import kexpr, struct_name, type_name, var_for_type, var_name
 from ..explorer.scheduler import TraceEvent
 from ..explorer.trace import SETUP_DONE
 from ..kernel.core import KernelFault, UseAfterFree, WarnEvent
 from ..kernel.hb import DataRace
+from ..kernel.kexpr import kexpr, struct_name, type_name, var_for_type, var_name
 from ..kernel.slab import AllocInfo, FreeInfo, KStruct, Leak, embedded_members
 
 

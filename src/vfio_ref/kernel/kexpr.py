@@ -6,7 +6,8 @@ the member path down to the refcount, lock, list or field (``->`` after the poin
 through embedded structs).  Objects point at the struct that embeds them (``container``),
 which is how the path is found; the member's name is the attribute that holds the object.
 
-Only reports use this (a traced replay, never the search), so nothing here is on a hot path.
+Only reports use this (a traced replay or a KASAN report, never the search), so nothing here
+is on a hot path.
 """
 
 from __future__ import annotations
