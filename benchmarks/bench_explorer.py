@@ -57,7 +57,10 @@ class _AlwaysSwitch(ReplayStrategy):
         super().__init__({})
 
     def choose(self, sched: ControlledScheduler, cp: ChoicePoint) -> int:
-        return next((t for t in cp.enabled if t != cp.running), cp.running)
+        # As cheap as a choice can be: what is measured is the scheduler's point, not this
+        # stand-in (a generator expression here cost a quarter of the point).
+        first = cp.enabled[0]
+        return first if first != cp.running else cp.enabled[1]
 
 
 def _alternating(ctx: Execution) -> None:

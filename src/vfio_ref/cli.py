@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bound,
         default="auto",
         help="preemption bound: N, 'none' (every interleaving), or 'auto' (default: unbounded where it "
-        "finishes within its budget, else 2)",
+        "finishes within its budget, else 1)",
     )
     r.add_argument(
         "--max-schedules", type=_count, default=DEFAULT_MAX_SCHEDULES,

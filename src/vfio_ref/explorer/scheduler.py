@@ -451,6 +451,8 @@ class ControlledScheduler:
         if self.recording:
             return
         self.recording = True
+        if self.watching:
+            slab.WATCH.report = self
         self.evaluating = True
         disabled = []
         for t in self.live:
@@ -461,6 +463,8 @@ class ControlledScheduler:
 
     def stop_recording(self) -> None:
         self.recording = False
+        if slab.WATCH.report is self:
+            slab.WATCH.report = None
         self.cur_ev = None
 
     def _end_event(self) -> None:
@@ -655,10 +659,12 @@ class ControlledScheduler:
             if self._slow:
                 self._proceed(cur, op, obj)
             return
-        if len(live) == 1 and not self.recording:
+        recording = self.recording
+        if len(live) == 1 and not recording:
             if self._check(ready):
                 self.last_choice = -1
-                self._begin_event(cur)
+                cur.seq += 1
+                self.n_events += 1
                 if self._slow:
                     self._proceed(cur, op, obj)
                 return
@@ -666,7 +672,7 @@ class ControlledScheduler:
             return
         enabled = []
         self.evaluating = True
-        if self.recording:
+        if recording:
             disabled = []
             for t in live:
                 if self._evaluate(t):
@@ -686,20 +692,43 @@ class ControlledScheduler:
                     except KernelFault:  # see _ready
                         enabled.append(t)
         self.evaluating = False
-        if not enabled:
+        if len(enabled) == 1:
+            chosen = enabled[0]
+            self.last_choice = -1
+            if self.strategy.sleeping:
+                self.strategy.choose(self, ChoicePoint(-1, (chosen.index,), cur.index, chosen is cur))
+        elif enabled:
+            # _decide, inlined: this is the explorer's hottest path.
+            cur_enabled = cur in enabled
+            tids = tuple([t.index for t in enabled])
+            choices = self.choices
+            i = len(choices)
+            self.last_choice = i
+            ci = cur.index
+            c = self.strategy.choose(self, _new_tuple(ChoicePoint, (i, tids, ci, cur_enabled)))
+            choices.append(_new_tuple(Choice, (tids, ci, cur_enabled, c)))
+            if c == ci and cur_enabled:
+                chosen = cur
+            elif c in tids:
+                chosen = self.threads[c]
+            else:
+                raise ScheduleMismatch(f"strategy chose thread {c}, which cannot run; runnable: {list(tids)}")
+        else:
             self._block_forever()
             return
-        cur_enabled = cur in enabled
-        chosen = self._decide(enabled, cur, cur_enabled)
         if chosen is not cur:
-            if cur_enabled:
+            if cur in enabled:
                 self.preemptions += 1
                 self._pending_switch = "preempt"
             else:
                 self._pending_switch = "block"
             self._switch_to(chosen)
             # Somebody switched back to us: we are enabled and chosen.
-        self._begin_event(cur)
+        if self.recording:  # read again: a strategy may have started recording meanwhile
+            self._begin_event(cur)
+        else:
+            cur.seq += 1
+            self.n_events += 1
         if self._slow:
             self._proceed(cur, op, obj)
 
@@ -840,6 +869,7 @@ class ControlledScheduler:
         assert k is not None
         if self.watching:
             slab.WATCH.sched = self
+            slab.WATCH.report = self if self.recording else None
         first = self.spawn(name, main_fn)
         self.current = first
         try:
@@ -873,6 +903,7 @@ class ControlledScheduler:
         finally:
             if slab.WATCH.sched is self:
                 slab.WATCH.sched = None
+                slab.WATCH.report = None
             self._kill_all()
             k._sched_task = None
 

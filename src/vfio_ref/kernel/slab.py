@@ -103,12 +103,15 @@ class KStruct:
 
 
 class _Watch:
-    """The scheduler that watched structs report to (None: nobody is watching)."""
+    """``sched``: the scheduler whose structs are built watched (None: nobody is watching);
+    ``report``: the scheduler their member accesses are reported to, only while it records
+    steps (None otherwise, so an unrecorded access costs one load and one test)."""
 
-    __slots__ = ("sched",)
+    __slots__ = ("report", "sched")
 
     def __init__(self) -> None:
         self.sched: Any = None
+        self.report: Any = None
 
 
 # One explorer execution runs at a time in a process (its threads are greenlets of one OS
@@ -134,13 +137,13 @@ def watched_class(cls: type) -> type:
     put = object.__setattr__
 
     def __getattribute__(self: Any, name: str) -> Any:
-        s = WATCH.sched
+        s = WATCH.report
         if s is not None and name not in skip:
             s.access(self, name, False)
         return get(self, name)
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
-        s = WATCH.sched
+        s = WATCH.report
         if s is not None and name not in skip:
             s.access(self, name, True)
         put(self, name, value)
@@ -168,7 +171,7 @@ _ALLOWED_ON_FREED = frozenset({"__class__", "_poison", "__dict__", "_embedded", 
 def _freed_getattribute(self: Any, name: str) -> Any:
     if name in _ALLOWED_ON_FREED:
         return object.__getattribute__(self, name)
-    s = WATCH.sched
+    s = WATCH.report
     if s is not None:
         s.access(self, name, False)  # the faulting access is part of the step that makes it
     raise _uaf(self, name, "read")
@@ -178,7 +181,7 @@ def _freed_setattr(self: Any, name: str, value: Any) -> None:
     if name == "_poison":
         object.__setattr__(self, name, value)
         return
-    s = WATCH.sched
+    s = WATCH.report
     if s is not None:
         s.access(self, name, True)
     raise _uaf(self, name, "write")
