@@ -86,9 +86,8 @@ class Verdict:
         if self.ablation:
             opts.append(f"ablation {self.ablation}")
         head = f"{self.scenario} at {self.level}" + (f" ({', '.join(opts)})" if opts else "")
-        lines = [head, "=" * len(head)]
-        for st in self.stats[:1]:
-            lines.append(st.verdict_line())
+        # The first line says what was searched and whether the search exhausted it.
+        lines = [f"{head}: {st.verdict_line()}" for st in self.stats[:1]] or [head]
         lines.append("verdict: " + self.cell())
         if self.injected:
             lines.append("failures injected: " + ", ".join(self.injected))
