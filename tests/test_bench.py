@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,25 @@ def test_without_the_dev_extra_says_what_to_install(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # as if not installed
     with pytest.raises(ModelUsageError, match=r"pip install 'vfio-ref\[dev\]'"):
         bench.run_suite(Path("benchmarks"), "unused.json", quick=True)
+
+
+def test_a_new_run_keeps_the_hand_measured_part_of_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "REPORT.md"
+    hand = "## Measured by hand on some day\n\n| what | before | after |\n| --- | --- | --- |\n| x | 1 | 2 |\n"
+    out.write_text("# old generated part\n\nstale figures\n\n" + hand)
+    doc = {"benchmarks": [_entry("only", 1e-6, table="Primitives", row="refcount", key="refcount", floor="floor:lock")]}
+
+    def fake_suite(bench_dir: Path, json_path: str, *, quick: bool) -> int:
+        Path(json_path).write_text(json.dumps(doc))
+        return 0
+
+    monkeypatch.setattr(bench, "run_suite", fake_suite)
+    monkeypatch.setattr(bench, "plot_lookup", lambda data, png: False)
+    assert bench.main(quick=True, out=str(out)) == 0
+    text = out.read_text()
+    assert "stale figures" not in text and text.startswith("# vfio_ref benchmark report")
+    assert text.endswith("\n\n" + hand)
+    assert text.count("## Measured by hand") == 1
+    assert bench.kept_by_hand(tmp_path / "missing.md") == ""

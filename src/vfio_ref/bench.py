@@ -601,6 +601,21 @@ def check_out(out: str) -> Path:
     return path
 
 
+# Everything from this heading on is measured by hand (same-run ratios of things the suite
+# does not time); a new run of the suite keeps it.
+BY_HAND = "## Measured by hand"
+
+
+def kept_by_hand(path: Path) -> str:
+    """The part of an existing report from its BY_HAND heading on ("" when it has none)."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    i = old.find("\n" + BY_HAND)
+    return old[i + 1 :].rstrip("\n") + "\n" if i >= 0 else ""
+
+
 def main(*, quick: bool, out: str) -> int:
     """Run the suite (``quick``: about a minute) and write the Markdown report to ``out``
     (checked first, so that a bad path costs nothing)."""
@@ -626,7 +641,8 @@ def main(*, quick: bool, out: str) -> int:
         plot=png.name if plotted else None,
         plot_note="" if plotted else "(Install the `plot` extra, `pip install 'vfio-ref[plot]'`, for a plot.)",
     )
-    out_path.write_text(text + "\n", encoding="utf-8")
+    kept = kept_by_hand(out_path)
+    out_path.write_text(text + "\n" + (f"\n{kept}" if kept else ""), encoding="utf-8")
     res = parse(data)
     gl = goals(res)
     missed = [g.goal for g in gl if g.met is False]
