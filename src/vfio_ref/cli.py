@@ -625,14 +625,12 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
             specs = [parse_fail(x) for x in args.fail]
             no_duplicates("--fail", [x for x, _ in specs if _ is None], "point fails every call")
     elif cmd == "show":
-        v = _variant(args.level, args)
-        review_fixes_apply([v.level])
+        _variant(args.level, args)  # refuses --review-fixes where no level has the fix
         if args.list and args.function is not None:
             _refuse(f"--list lists every function at {args.level}: give FUNCTION or --list, not both")
     elif cmd == "diff":
-        va = _variant(args.level_a, args)
-        vb = _variant(args.level_b, args)
-        review_fixes_apply([va.level, vb.level])
+        _variant(args.level_a, args)  # as for show
+        _variant(args.level_b, args)
     elif cmd == "list":
         if args.what == "faults":
             if args.level is None:
