@@ -11,6 +11,7 @@ import pytest
 
 from vfio_ref import LEVELS
 from vfio_ref.kernel.errno import EBADF, EBUSY, EINVAL, ENODEV, ENXIO, EPERM
+from vfio_ref.explorer import parse_schedule
 from vfio_ref.scenarios import SCENARIO_NAMES, SCENARIOS, run
 
 from .verdicts import fixed, verdict
@@ -115,6 +116,19 @@ def test_an_unbalanced_put_frees_a_group_still_in_use(level: str) -> None:
     warns = {f.detail.split(" (call trace")[0].split(": ", 1)[1] for f in v.findings if f.kind == "warn"}
     assert "!list_empty(&group->device_list)" in warns
     assert ("atomic_read(&group->container_users)" in warns) == (level != "base")
+
+
+def test_at_the_base_an_unbalanced_put_can_also_leak_the_unbound_dev_of_a_released_group() -> None:
+    """The base's deferred put runs the release on the kworker: with two preemptions it frees
+    the group (and empties its unbound list) before the unbind queues the device's
+    vfio_unbound_dev on that group, which nothing frees again."""
+    v = run("unbalanced_put", "base", bound=None)
+    assert v.complete
+    (leak,) = [f for f in v.findings if f.kind == "leak"]
+    assert leak.detail.startswith("unreferenced object struct vfio_unbound_dev")
+    assert "allocated by vfio_unregister_group_dev" in leak.detail
+    assert len(parse_schedule(leak.schedule)) == 2
+    assert run("unbalanced_put", "base", bound=1).kinds() == ["use-after-free", "warn"]  # one preemption: none
 
 
 def test_patch_5_allocates_minors_from_the_ida_and_an_old_dev_t_reaches_the_new_group() -> None:
