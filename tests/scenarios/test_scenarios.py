@@ -119,9 +119,9 @@ def test_an_unbalanced_put_frees_a_group_still_in_use(level: str) -> None:
 
 
 def test_at_the_base_an_unbalanced_put_can_also_leak_the_unbound_dev_of_a_released_group() -> None:
-    """The base's deferred put runs the release on the kworker: with two preemptions it frees
-    the group (and empties its unbound list) before the unbind queues the device's
-    vfio_unbound_dev on that group, which nothing frees again."""
+    """The base's deferred put runs the release on the kworker: with two preemptions the
+    release has already walked the group's unbound list when the unbind queues the device's
+    vfio_unbound_dev on it, and then frees the group; nothing frees the entry."""
     v = run("unbalanced_put", "base", bound=None)
     assert v.complete
     (leak,) = [f for f in v.findings if f.kind == "leak"]
