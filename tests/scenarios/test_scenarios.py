@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from vfio_ref import LEVELS
-from vfio_ref.kernel.errno import EBADF, EBUSY, EINVAL, ENODEV, ENXIO, EPERM
 from vfio_ref.explorer import parse_schedule
+from vfio_ref.kernel.errno import EBADF, EBUSY, EINVAL, ENODEV, ENXIO, EPERM
 from vfio_ref.scenarios import SCENARIO_NAMES, SCENARIOS, run
 
 from .verdicts import fixed, verdict
