@@ -92,7 +92,11 @@ def main() -> None:
     ap.add_argument("--only", help="SCENARIO@LEVEL (LEVEL+fix: with the review fix): check this one cell")
     args = ap.parse_args()
     if args.table:
-        print(table([r for r in _done(args.out) if r["bound"] == args.bound]))
+        rows = [r for r in _done(args.out) if r["bound"] == args.bound]
+        # Level by level (with the review fix before as posted), scenarios in catalogue order.
+        rows.sort(key=lambda r: (LEVELS.index(str(r["level"])), not r["review_fixes"],
+                                 CONCURRENT.index(str(r["scenario"]))))
+        print(table(rows))
         return
     cells = ORDER
     if args.only:

@@ -64,3 +64,22 @@ def test_the_table_says_no_where_the_searches_disagree() -> None:
     lines = _script().table([row, {**row, "agree": True, "review_fixes": False}]).splitlines()
     assert lines[2] == "| s | p3+fix | 1,200, 1.0 | 300, 0.5 | 3 | **NO** |"
     assert lines[3] == "| s | p3 | 1,200, 1.0 | 300, 0.5 | 3 | yes |"
+
+
+def test_the_table_lists_level_by_level_the_fixed_level_before_the_posted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mod = _script()
+    row = {"plain_schedules": 2, "plain_s": 0.1, "reduced_schedules": 1, "reduced_s": 0.1, "outcomes": 1,
+           "agree": True, "bound": 2}
+    cells = [("create_race", "p3", False), ("ioctl_vs_close", "base", False), ("create_race", "p3", True),
+             ("create_race", "base", False)]
+    out = tmp_path / "x.jsonl"
+    out.write_text("".join(json.dumps({**row, "scenario": n, "level": lv, "review_fixes": fx}) + "\n"
+                           for n, lv, fx in cells))
+    monkeypatch.setattr(sys, "argv", ["crosscheck_table.py", "--out", str(out), "--table"])
+    mod.main()
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert [ln.split(" | ")[:2] for ln in lines] == [
+        ["| create_race", "base"], ["| ioctl_vs_close", "base"], ["| create_race", "p3+fix"], ["| create_race", "p3"],
+    ]
