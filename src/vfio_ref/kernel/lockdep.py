@@ -93,8 +93,7 @@ class Lockdep:
                 succ = self.graph[hcls] = {}
             if cls not in succ:
                 fn, _ = model_site(3)
-                # Lean (the explorer's search): no call chain; a finding is replayed in full.
-                succ[cls] = _Edge(task.name, fn, () if self.kernel.lean else backtrace(3))
+                succ[cls] = _Edge(task.name, fn, backtrace(3))
                 path = self._path(cls, hcls)
                 if path is not None:
                     self._report_cycle(task, hcls, cls, path)
