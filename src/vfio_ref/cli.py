@@ -94,12 +94,6 @@ def _jobs(text: str) -> int:
     return n
 
 
-def _describe(e: BaseException) -> str:
-    """A model error as one message: a ModelUsageError says it all; anything else also
-    needs its type (a KeyError's message is just the key)."""
-    return str(e) if isinstance(e, ModelUsageError) else f"{type(e).__name__}: {e}"
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report, default_jobs
 

@@ -249,9 +249,9 @@ M: list[Mutant] = [
     ),
     (
         "C5 error type dropped",
-        CLI,
-        'return str(e) if isinstance(e, ModelUsageError) else f"{type(e).__name__}: {e}"',
-        "return str(e)",
+        REPORT,
+        '        cell.error = f"{type(e).__name__}: {e}"',
+        "        cell.error = str(e)",
         [k("test_any_exception_escaping_the_model_is_a_cell_error_with_its_type")],
     ),
     (
