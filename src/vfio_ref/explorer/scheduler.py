@@ -663,8 +663,7 @@ class ControlledScheduler:
         if len(live) == 1 and not recording:
             if self._check(ready):
                 self.last_choice = -1
-                cur.seq += 1
-                self.n_events += 1
+                self._begin_event(cur)
                 if self._slow:
                     self._proceed(cur, op, obj)
                 return
@@ -692,43 +691,20 @@ class ControlledScheduler:
                     except KernelFault:  # see _ready
                         enabled.append(t)
         self.evaluating = False
-        if len(enabled) == 1:
-            chosen = enabled[0]
-            self.last_choice = -1
-            if self.strategy.sleeping:
-                self.strategy.choose(self, ChoicePoint(-1, (chosen.index,), cur.index, chosen is cur))
-        elif enabled:
-            # _decide, inlined: this is the explorer's hottest path.
-            cur_enabled = cur in enabled
-            tids = tuple([t.index for t in enabled])
-            choices = self.choices
-            i = len(choices)
-            self.last_choice = i
-            ci = cur.index
-            c = self.strategy.choose(self, _new_tuple(ChoicePoint, (i, tids, ci, cur_enabled)))
-            choices.append(_new_tuple(Choice, (tids, ci, cur_enabled, c)))
-            if c == ci and cur_enabled:
-                chosen = cur
-            elif c in tids:
-                chosen = self.threads[c]
-            else:
-                raise ScheduleMismatch(f"strategy chose thread {c}, which cannot run; runnable: {list(tids)}")
-        else:
+        if not enabled:
             self._block_forever()
             return
+        cur_enabled = cur in enabled
+        chosen = self._decide(enabled, cur, cur_enabled)
         if chosen is not cur:
-            if cur in enabled:
+            if cur_enabled:
                 self.preemptions += 1
                 self._pending_switch = "preempt"
             else:
                 self._pending_switch = "block"
             self._switch_to(chosen)
             # Somebody switched back to us: we are enabled and chosen.
-        if self.recording:  # read again: a strategy may have started recording meanwhile
-            self._begin_event(cur)
-        else:
-            cur.seq += 1
-            self.n_events += 1
+        self._begin_event(cur)
         if self._slow:
             self._proceed(cur, op, obj)
 
