@@ -4,7 +4,6 @@ says NO for a cell that disagrees."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,15 +11,11 @@ from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import load_file
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crosscheck_table", ROOT / "benchmarks" / "crosscheck_table.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file("benchmarks/crosscheck_table.py")
 
 
 def test_a_cell_compares_the_plain_and_the_reduced_search_over_the_whole_space() -> None:

@@ -5,27 +5,16 @@ any mutant, that each one's text is in its file exactly once."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import ROOT, load_file
+
 SETS = ("tests/reliability/mutants.py", "tests/explorer/mutants.py")
-
-
-def _load(rel: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").removesuffix(".py"), ROOT / rel)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("rel", SETS)
 def test_every_mutant_still_applies_to_exactly_one_place(rel: str) -> None:
-    mod = _load(rel)
+    mod = load_file(rel)
     mutants = [*mod.M, *getattr(mod, "EQUIVALENT", [])]
     assert mutants
     stale = []
