@@ -56,6 +56,30 @@ def test_a_capped_split_search_is_the_serial_capped_one() -> None:
     assert signature(split) == signature(serial) and not split.stats.complete
 
 
+def test_a_capped_split_search_stops_its_parts_once_they_pass_the_cap(tmp_path: pathlib.Path) -> None:
+    # Each execution leaves a mark in a file, whichever process runs it.  Every part of the
+    # split search may run up to the cap on its own; together they stop as soon as they pass
+    # it, and the search is then run serially, up to the cap.
+    marks = tmp_path / "executions"
+    inner = locked_steps(20)
+
+    def program(ctx: Any) -> None:
+        with open(marks, "a") as f:
+            f.write("x")
+        inner(ctx)
+
+    serial = explore(program, nothing, bound=2, reduction=False, max_schedules=20, traces=False)
+    assert len(marks.read_text()) == 20
+    marks.write_text("")
+    split = explore(program, nothing, bound=2, reduction=False, max_schedules=20, traces=False, jobs=2)
+    assert signature(split) == signature(serial)
+    whole = explore(inner, nothing, bound=2, reduction=False, max_schedules=None, traces=False, jobs=2)
+    assert whole.stats.schedules == 762  # split, with no counter, its parts would run hundreds
+    # The first execution, the parts up to one past the cap (each process may finish the
+    # execution it is in), then the serial search's 20.
+    assert len(marks.read_text()) <= 1 + (20 + 2) + 20
+
+
 def test_the_report_on_two_processes_is_the_one_on_one() -> None:
     args: dict[str, Any] = {"scenarios": ["lifecycle", "open_vs_last_put"], "levels": ["p1", "p5"]}
     one = build_report(**args, jobs=1)

@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..kernel.core import ALL_CAPS, Kernel
 from .dfs import DfsStrategy
@@ -383,6 +383,12 @@ def make_strategy(
     return DfsStrategy(bound, reduction)
 
 
+class _Ticks(Protocol):
+    """What the search loop tells as it goes: once per schedule, the count and the findings."""
+
+    def tick(self, n: int, findings: int) -> None: ...
+
+
 class _Progress:
     def __init__(self, enabled: bool, label: str) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -398,7 +404,9 @@ class _Progress:
         if now - self.last >= 1.0:
             self.last = now
             rate = n / (now - self.t0)
-            sys.stderr.write(f"\r{self.label}: {n} schedules, {rate:.0f}/s, {findings} findings so far   ")
+            # findings < 0: not known here (the parts of a split search keep their own).
+            so_far = f", {findings} findings so far" if findings >= 0 else ""
+            sys.stderr.write(f"\r{self.label}: {n} schedules, {rate:.0f}/s{so_far}   ")
             sys.stderr.flush()
             self.shown = True
 
@@ -488,7 +496,7 @@ def _search(
     kernel_factory: KernelFactory,
     max_steps: int,
     outcome_of: OutcomeOf,
-    progress: _Progress | None,
+    progress: _Ticks | None,
 ) -> tuple[Stats, _Collector]:
     """The one loop: executions until the strategy is done, the cap, or Ctrl-C."""
     stats = Stats(space=strategy.describe(), bound=bound, max_schedules=max_schedules)
@@ -572,6 +580,7 @@ def explore(
             outcome_of=outcome,
             cluster=cluster,
             spec=program_spec,
+            progress=prog,
         )
     if split is not None:
         stats, col = split

@@ -12,8 +12,11 @@ Only the depth-first strategies split this way.  Source-DPOR (``bound=None`` wit
 reduction) adds backtrack points to nodes above the subtree it is in, so its parts are not
 independent: it runs in one process (``--jobs`` then parallelises the report's cells).
 
-A cap on the number of schedules is honoured exactly: when the parts together ran more
-schedules than the cap, the search is run again serially, up to the cap.
+A cap on the number of schedules is honoured exactly: when the parts together run more
+schedules than the cap, the search is run again serially, up to the cap.  The parts count
+their schedules on one counter the pool's processes share, and stop as soon as the count
+passes the cap, so a capped search costs at most the cap twice over (once split, once
+serially), whatever the number of parts.
 
 On a Dask cluster (``cluster=ADDRESS``, vfio_ref.cluster) the parts travel as data: the
 program is named by a :class:`ProgramSpec` (a catalogue scenario, or FILE.py:FUNCTION the
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .dfs import DfsStrategy
 
 if TYPE_CHECKING:
-    from .explore import Judge, KernelFactory, OutcomeOf, Program, Stats, _Collector
+    from .explore import Judge, KernelFactory, OutcomeOf, Program, Stats, _Collector, _Ticks
 
 
 @dataclass
@@ -105,9 +108,37 @@ def _run_part_remote(
     )
 
 
+class PartsPastTheCap(Exception):
+    """The parts of a split search together ran more schedules than its cap: the search is
+    redone serially, up to the cap (raised in a worker, re-raised in the parent)."""
+
+
+class _SharedCount:
+    """Schedules run so far by every part of one split search: a counter in memory the
+    pool's forked processes share (the parent shows it as progress).  ``tick`` (the search
+    loop's progress hook, once per schedule) raises PartsPastTheCap once the count passes
+    ``cap``."""
+
+    def __init__(self, ctx: Any, start: int, cap: int | None) -> None:
+        self.count = ctx.Value("q", start)
+        self.cap = cap
+
+    def tick(self, n: int, findings: int) -> None:
+        with self.count.get_lock():
+            self.count.value += 1
+        self.check()
+
+    def check(self) -> None:
+        """Raise PartsPastTheCap when the parts have run past the cap (a part about to
+        start checks too: the pool goes on handing out parts until the parent sees it)."""
+        if self.cap is not None and self.count.value > self.cap:
+            raise PartsPastTheCap(f"the parts ran past the cap of {self.cap} schedules")
+
+
 # Set in the parent just before the pool forks, read by the workers: the program is a
 # closure (a scenario at a level), which forked workers inherit instead of unpickling.
 _WORK: _Part | None = None
+_COUNT: _SharedCount | None = None
 
 
 def _run_part(i: int) -> tuple[Stats, _Collector]:
@@ -115,6 +146,8 @@ def _run_part(i: int) -> tuple[Stats, _Collector]:
 
     w = _WORK
     assert w is not None
+    if _COUNT is not None:
+        _COUNT.check()
     node, choice = w.units[i]
     strategy = DfsStrategy(w.bound, w.reduction)
     strategy.restrict(w.first, node, choice)
@@ -127,7 +160,7 @@ def _run_part(i: int) -> tuple[Stats, _Collector]:
         kernel_factory=w.kernel_factory,
         max_steps=w.max_steps,
         outcome_of=w.outcome_of,
-        progress=None,
+        progress=_COUNT,
     )
     return stats, col
 
@@ -145,11 +178,12 @@ def search_parallel(
     outcome_of: OutcomeOf,
     cluster: str | None = None,
     spec: ProgramSpec | None = None,
+    progress: _Ticks | None = None,
 ) -> tuple[Stats, _Collector] | None:
     """The depth-first search of ``explore`` on ``jobs`` processes (or on the Dask cluster at
     ``cluster``, the program named by ``spec``); None when the parts ran past
     ``max_schedules`` (the caller then searches serially, up to the cap)."""
-    global _WORK
+    global _WORK, _COUNT
     import time
 
     from .explore import Stats, _account, _Collector, run_once
@@ -176,16 +210,27 @@ def search_parallel(
             parts = map_in_order(cluster, fn, units)
         else:
             ctx = multiprocessing.get_context("fork")
+            count = _COUNT = _SharedCount(ctx, stats.schedules, max_schedules)
             with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 # The shallowest nodes' subtrees are the biggest: hand them out first, so that
                 # no worker is left alone with a big one at the end; merge in the search's order.
                 order = sorted(range(len(units)), key=lambda i: units[i][0])
                 futures = {i: pool.submit(_run_part, i) for i in order}
-                parts = [futures[i].result() for i in range(len(units))]
+                try:
+                    pending = set(futures.values())
+                    while pending:
+                        _, pending = concurrent.futures.wait(pending, timeout=1.0)
+                        if progress is not None:
+                            progress.tick(count.count.value, -1)
+                    parts = [futures[i].result() for i in range(len(units))]
+                except PartsPastTheCap:
+                    pool.shutdown(cancel_futures=True)
+                    return None
     except KeyboardInterrupt:
         stats.interrupted = True
     finally:
         _WORK = None
+        _COUNT = None
     for st, c in parts:
         stats.schedules += st.schedules
         stats.distinct += st.distinct
