@@ -75,6 +75,27 @@ def test_explore_prints_each_finding_with_a_replayable_schedule(capsys: pytest.C
     assert rc == 0 and "verdict: leak" in replayed
 
 
+def test_explore_splits_over_every_core_by_default_where_the_search_splits(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vfio_ref.report
+
+    monkeypatch.setattr(vfio_ref.report, "default_jobs", lambda: 2)  # as on a 2-core machine
+    base = ("explore", "open_vs_last_put", "--level", "p5", "--no-trace")
+    _, split, _ = cli(capsys, *base)
+    _, one, _ = cli(capsys, *base, "--jobs", "1")
+    elapsed = [ln for ln in split.splitlines() if "Elapsed" in ln]
+    assert len(elapsed) == 1 and elapsed[0].endswith("on 2 processes.")
+    assert [ln for ln in split.splitlines() if "Elapsed" not in ln] == [
+        ln for ln in one.splitlines() if "Elapsed" not in ln
+    ]
+    # Searches that do not split run in one process when --jobs is not given (and are
+    # refused when it is).
+    for extra in (("--bound", "none"), ("--random", "--runs", "3"), ("--coverage",)):
+        rc, out, err = cli(capsys, *base, *extra)
+        assert rc == 0 and err == "" and "processes" not in out, extra
+
+
 def test_explore_random_mode_is_seeded(capsys: pytest.CaptureFixture[str]) -> None:
     args = ("explore", "create_race", "--level", "base", "--random", "--seed", "3", "--runs", "20", "--no-trace")
     _, first, _ = cli(capsys, *args)

@@ -151,6 +151,19 @@ def _scenario_arg(text: str) -> Any:
     return load_scenario(text) if is_scenario_file(text) else text
 
 
+def _default_explore_jobs(args: argparse.Namespace) -> int:
+    """Every core for a search that splits (a depth-first search: bounded, or plain); one
+    process for the others (the unbounded reduced search, --random, --replay, fault_sweep),
+    for --coverage (it traces this process) and on a cluster."""
+    from .report import default_jobs
+
+    unbounded_reduced = args.bound is None and not args.no_reduction
+    if (args.random or args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep"
+            or args.coverage or args.cluster is not None):
+        return 1
+    return default_jobs()
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
     from .report import finding_json, swept_json
     from .scenarios import run
@@ -176,7 +189,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         fail=args.fail or (),
         chains=args.chains,
         coverage=args.coverage,
-        jobs=args.jobs,
+        jobs=args.jobs if args.jobs is not None else _default_explore_jobs(args),
         cluster=args.cluster,
     )
     interrupted = any(s.interrupted for s in v.stats)
@@ -411,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stop after this many schedules (default {DEFAULT_MAX_SCHEDULES}; 'none': no cap)",
     )
     e.add_argument(
-        "--jobs", type=_jobs, default=1,
-        help="split a depth-first search over this many processes (same result; default 1)",
+        "--jobs", type=_jobs, default=None,
+        help="split a depth-first search over this many processes (same result; default: every core "
+        "when the search is one that splits, else 1)",
     )
     e.add_argument("--cluster", metavar="ADDRESS", help="split a depth-first search over this Dask scheduler's workers")
     e.add_argument("--random", action="store_true", help="PCT random scheduling instead of a systematic search")
