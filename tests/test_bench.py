@@ -304,3 +304,34 @@ def test_issue13_goals_not_run_say_so() -> None:
     doc = {"benchmarks": [_entry("only", 1e-6, table="Primitives", row="refcount", key="refcount", floor="floor:lock")]}
     gl = bench.issue13_goals(bench.parse(doc))
     assert len(gl) == 7 and all(g.met is None and g.figure == "not run" for g in gl)
+
+
+def _pair(name: str, key: str, model: float, floor: float, label: str) -> dict[str, Any]:
+    # The ratio is the median of the rounds' (here a little above the fastest figures' own).
+    return _b(name, 1.0, {"table": "Paired", "row": name, "col": "", "key": key, "per": 1, "show": "total"},
+              paired={"model": model * 0.9, "floor": floor, "ratio": model / floor, "floor_label": label})
+
+
+def test_issue13_goals_take_a_paired_ratio_over_two_separate_figures() -> None:
+    # The separate figures say the poisoning costs 1.25x (p5) and the point 7x; the pairs,
+    # timed in turn, say 1.08x at base, 1.12x at p5 (the worst) and 2.5x.
+    doc = _issue13_doc(split_s=10.0, report_s=19.0, walk_p5_s=40.96e-6, toy_plain_s=0.075)
+    doc["benchmarks"] += [
+        _pair("kb", "paired:kasan@base", 1.08e-3, 1e-3, "kasan=False"),
+        _pair("kp5", "paired:kasan@p5", 1.12e-3, 1e-3, "kasan=False"),
+        _pair("pt", "paired:point", 1e-6, 0.4e-6, "a greenlet switch"),
+        _pair("w", "paired:walk@p1", 60e-9, 20e-9, "a bare scan"),
+        _pair("toy", "paired:toy", 1.2e-3, 1e-3, "the plain search"),
+    ]
+    g = _issue13(doc)
+    kasan = g["issue 13: KASAN-like poisoning: lifecycle (free-running) vs the same with kasan=False"]
+    assert kasan.ratio == pytest.approx(1.12) and kasan.met is False
+    assert kasan.figure == "1.01 ms" and kasan.floor == "kasan=False 1 ms; timed in turn, median ratio"
+    goals = bench.issue13_goals(bench.parse(doc))
+    assert "(worst level: p5)" in next(gr.goal for gr in goals if gr.goal.startswith("issue 13: KASAN"))
+    point = g["issue 13: one explorer scheduling point (with a switch) vs a bare greenlet switch"]
+    assert point.ratio == pytest.approx(2.5) and point.met is True
+    walk = next(v for n, v in g.items() if n.startswith("issue 13: group-list walk"))
+    assert walk.ratio == pytest.approx(3.0) and walk.met is True and "(worst level: p1)" in walk.goal
+    toy = g["issue 13: toy, reduced search per schedule vs plain depth-first search"]
+    assert toy.ratio == pytest.approx(1.2) and toy.met is True

@@ -1,0 +1,216 @@
+"""Issue 13's ratios, each taken as a pair: the model's figure and its floor timed in turn,
+round after round, in one loop.
+
+The other benchmark modules time a figure and its floor minutes apart, and this VM's speed
+drifts by 2-5x within minutes, so a ratio of two such figures can be off by as much.  Here
+both sides of a ratio see the same machine: each round times the model and the floor back to
+back (the order swapped every round), and the ratio is the median of the rounds' ratios (a
+fast moment of the machine that favours one side in one round does not decide it, as it
+would a ratio of two separate minima).  The figures shown beside it are the fastest rounds.
+
+* ``kasan@LEVEL``: the lifecycle (free-running) as it runs against ``Kernel(kasan=False)``;
+* ``point``: one scheduling point with a switch (bench_explorer's two threads alternating
+  on an atomic, 2,000 points) against one bare greenlet switch;
+* ``walk@LEVEL``: vfio_group_get_from_iommu + vfio_group_put with 1,024 groups alive (the
+  whole list walked), per entry, against a bare scan of 1,024 entries, per entry;
+* ``toy``: issue 4's toy at bound 2, the reduced search against the plain one, per schedule.
+
+Each pair is one benchmark whose ``extra_info["paired"]`` holds both figures (seconds per
+operation); ``vfio-ref bench`` reads the goals of issue 13 from them.  Under
+``--benchmark-disable`` (CI's smoke run) every pair runs one round.
+
+Run: ``pytest benchmarks/bench_paired.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from greenlet import greenlet
+
+from _bench import QUICK, is_disabled, level_label
+from bench_explorer import _alternating, _AlwaysSwitch, _judge_all, _locked_steps, _no_findings
+from bench_lookup import _Groups
+from bench_scenarios import _lifecycle
+from vfio_ref import LEVELS
+from vfio_ref.explorer import explore, run_once
+
+TABLE = "Paired ratios (issue 13): the model and its floor timed in turn"
+ROUNDS = 7 if QUICK else 15
+
+
+def paired(model: Callable[[], object], floor: Callable[[], object], rounds: int) -> tuple[float, float, float]:
+    """``model`` and ``floor`` timed back to back, ``rounds`` times, the order swapped every
+    round, the garbage collector off (collected between rounds): the fastest round of each
+    (seconds per call) and the median of the rounds' ratios model / floor."""
+    best = [float("inf"), float("inf")]
+    ratios = []
+    fns = (model, floor)
+    enabled = gc.isenabled()
+    try:
+        for r in range(rounds):
+            gc.collect()
+            gc.disable()
+            took = [0.0, 0.0]
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                t = time.perf_counter()
+                fns[i]()
+                took[i] = time.perf_counter() - t
+                best[i] = min(best[i], took[i])
+            gc.enable()
+            ratios.append(took[0] / took[1])
+    finally:
+        if enabled:
+            gc.enable()
+        else:
+            gc.disable()
+    return best[0], best[1], statistics.median(ratios)
+
+
+def record(
+    benchmark: Any,
+    *,
+    key: str,
+    row: str,
+    col: str,
+    model: Callable[[], object],
+    floor: Callable[[], object],
+    per_model: int,
+    per_floor: int,
+    floor_label: str,
+) -> tuple[float, float]:
+    """Run the pair (once under ``--benchmark-disable``), keep both figures per operation
+    in ``extra_info["paired"]``, and tag the benchmark for the report's table."""
+    rounds = 1 if is_disabled(benchmark) else ROUNDS
+    out: list[tuple[float, float, float]] = []
+    benchmark.pedantic(lambda: out.append(paired(model, floor, rounds)), rounds=1, iterations=1)
+    m, f = out[-1][0] / per_model, out[-1][1] / per_floor
+    ratio = out[-1][2] * per_floor / per_model
+    benchmark.extra_info["paired"] = {"model": m, "floor": f, "ratio": ratio, "rounds": rounds,
+                                      "floor_label": floor_label}
+    benchmark.extra_info["report"] = {
+        "table": TABLE, "row": row, "col": col, "key": key, "per": 1, "show": "total",
+        "note": f"{ratio:.2f}x (median of {rounds} rounds); fastest: {_t(m)} against {floor_label} {_t(f)}",
+    }
+    return m, f
+
+
+def _t(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+# -- KASAN on against off ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_kasan_on_against_off(benchmark: Any, level: str) -> None:
+    inner = 3
+
+    def on() -> None:
+        for _ in range(inner):
+            _lifecycle(level, True)
+
+    def off() -> None:
+        for _ in range(inner):
+            _lifecycle(level, False)
+
+    record(benchmark, key=f"paired:kasan@{level}", row="lifecycle: KASAN on against off", col=level_label(level),
+           model=on, floor=off, per_model=inner, per_floor=inner, floor_label="kasan=False")
+
+
+# -- one scheduling point against a greenlet switch -------------------------------------------
+
+
+def test_scheduling_point_against_a_greenlet_switch(benchmark: Any) -> None:
+    points: list[int] = []
+
+    def execution() -> None:
+        points.append(run_once(_alternating, _no_findings, _AlwaysSwitch()).sched.step_no)
+
+    execution()
+    main = greenlet.getcurrent()
+
+    def partner() -> None:
+        while True:
+            main.switch()
+
+    g = greenlet(partner)
+    switch = g.switch
+    loop = range(points[0] // 2)
+
+    def switches() -> None:
+        for _ in loop:
+            switch()  # there and back: two switches
+
+    record(benchmark, key="paired:point", row="one scheduling point (with a switch)", col="",
+           model=execution, floor=switches, per_model=points[0], per_floor=2 * len(loop),
+           floor_label="a greenlet switch")
+
+
+# -- the group-list walk against a bare scan --------------------------------------------------
+
+
+class _Entry:
+    __slots__ = ("iommu_group",)
+
+    def __init__(self) -> None:
+        self.iommu_group = object()
+
+
+WALK = 1024
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_group_list_walk_against_a_bare_scan(benchmark: Any, level: str) -> None:
+    if is_disabled(benchmark) and level != LEVELS[-1]:
+        pytest.skip("smoke run: one level (building 1,024 groups is the cost)")
+    groups = _Groups(level)  # p3 and p4 with the review fix (boot_level)
+    groups.grow(WALK)
+    v = groups.v
+    target = groups.iommu_groups[0]  # the oldest: at the tail of vfio.group_list
+    get, put = v.vfio_group_get_from_iommu, v.vfio_group_put
+    entries = [_Entry() for _ in range(WALK)]
+    last = entries[-1].iommu_group
+    inner = 20
+
+    def lookups() -> None:
+        for _ in range(inner):
+            put(get(target))
+
+    def scans() -> None:
+        for _ in range(inner):
+            for e in entries:
+                if e.iommu_group is last:
+                    break
+
+    record(benchmark, key=f"paired:walk@{level}", row=f"group-list walk, {WALK} groups, per entry",
+           col=level_label(level), model=lookups, floor=scans, per_model=inner * WALK, per_floor=inner * WALK,
+           floor_label="a bare scan")
+    assert v.k.warnings == []
+
+
+# -- the reduced search against the plain one, per schedule -----------------------------------
+
+
+def test_reduced_search_against_plain_per_schedule(benchmark: Any) -> None:
+    bound = 0 if is_disabled(benchmark) else 2
+    counts: dict[bool, int] = {}
+
+    def search(reduction: bool) -> None:
+        ex = explore(_locked_steps(20), _judge_all, bound=bound, reduction=reduction, traces=False, shrink=False)
+        assert ex.clean and ex.stats.exhausted
+        counts[reduction] = ex.stats.schedules
+
+    search(True)
+    search(False)
+    record(benchmark, key="paired:toy", row="toy at bound 2: reduced search, per schedule", col="",
+           model=lambda: search(True), floor=lambda: search(False), per_model=counts[True],
+           per_floor=counts[False], floor_label="the plain search")
