@@ -479,3 +479,34 @@ def test_a_lock_held_for_too_long_is_a_hung_task() -> None:
     assert f.message.startswith("hung task: waiter blocked in mutex_lock for more than 0.3s")
     th.join(5)
     assert not m.is_locked()
+
+
+def test_a_dependency_is_named_from_its_frame_as_when_it_was_first_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lockdep keeps the frame that took a new dependency and names its function and call
+    # chain only when a report needs them.  The names must be the ones the stack had when
+    # the dependency was taken, although every function on it has returned since.
+    from vfio_ref.kernel import lockdep
+    from vfio_ref.kernel.core import backtrace_from, site_from
+    from vfio_ref.vfio import boot
+    from vfio_ref.vfio.platform import Platform
+
+    eager: dict[int, tuple[str, tuple[str, ...]]] = {}
+    init = lockdep._Edge.__init__
+
+    def naming_now(self: lockdep._Edge, thread: str, frame: object) -> None:
+        init(self, thread, frame)  # type: ignore[arg-type]
+        eager[id(self)] = (site_from(self.frame)[0], backtrace_from(self.frame))
+
+    monkeypatch.setattr(lockdep._Edge, "__init__", naming_now)
+    v = boot("p5")
+    p = Platform(v)
+    p.add_group("g0")
+    p.add_device("0000:00:01.0", "g0")
+    assert p.bind("0000:00:01.0") == 0
+    p.use_group("0000:00:01.0")  # open the group, set a container and an IOMMU: nested locks
+    p.teardown()
+    edges = [e for succ in v.k.lockdep.graph.values() for e in succ.values()]
+    assert len(edges) >= 3 and eager
+    for e in edges:
+        assert (e.function, e.chain) == eager[id(e)]
+        assert e.chain  # a model function took it: its chain is named

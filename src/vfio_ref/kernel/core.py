@@ -163,7 +163,13 @@ def _site_code(code: CodeType) -> tuple[CodeType, str, int, str]:
 
 def backtrace(skip: int = 1, limit: int = 12) -> tuple[str, ...]:
     """Kernel function names on the calling stack, innermost first (the model's call trace)."""
-    f: FrameType | None = sys._getframe(skip)
+    return backtrace_from(sys._getframe(skip), limit)
+
+
+def backtrace_from(f: FrameType | None, limit: int = 12) -> tuple[str, ...]:
+    """As :func:`backtrace`, from frame ``f`` outwards.  ``f`` may have returned since it was
+    taken: a frame object keeps its callers (``f_back``), and the names are its code's, so a
+    record can keep the frame and name the chain only when a report needs it."""
     out: list[str] = []
     get = _bt_codes.get
     outside = 0
@@ -193,7 +199,12 @@ _BT_OUTSIDE = 6
 
 def model_site(skip: int = 1) -> tuple[str, str]:
     """(innermost kernel function, 'file:line') of the caller, skipping the substrate helpers."""
-    f: FrameType | None = sys._getframe(skip)
+    return site_from(sys._getframe(skip))
+
+
+def site_from(f: FrameType | None) -> tuple[str, str]:
+    """As :func:`model_site`, from frame ``f`` outwards (the line is where each frame is now:
+    at the call while it runs, at its last line once it has returned)."""
     fallback: tuple[str, str] | None = None
     get = _site_codes.get
     while f is not None:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import itertools
 import sys
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .core import backtrace, model_site
+from .core import backtrace, backtrace_from, model_site, site_from
 
 if TYPE_CHECKING:
     from .core import Kernel, Task
@@ -46,11 +47,31 @@ class LockdepReport:
         return self.text
 
 
-@dataclass(frozen=True)
 class _Edge:
-    thread: str
-    function: str
-    chain: tuple[str, ...]
+    """A dependency as first seen: the task, and the frame of the kernel function that took
+    the lock.  Its function and call chain are named from the frame when a report needs them
+    (most dependencies never appear in one; walking the stack for each was a tenth of an
+    explored schedule's cost)."""
+
+    __slots__ = ("_chain", "frame", "thread")
+
+    def __init__(self, thread: str, frame: FrameType) -> None:
+        self.thread = thread
+        self.frame = frame
+        self._chain: tuple[str, tuple[str, ...]] | None = None
+
+    def _named(self) -> tuple[str, tuple[str, ...]]:
+        if self._chain is None:
+            self._chain = (site_from(self.frame)[0], backtrace_from(self.frame))
+        return self._chain
+
+    @property
+    def function(self) -> str:
+        return self._named()[0]
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return self._named()[1]
 
 
 class HeldLock:
@@ -92,8 +113,8 @@ class Lockdep:
             if succ is None:
                 succ = self.graph[hcls] = {}
             if cls not in succ:
-                fn, _ = model_site(3)
-                succ[cls] = _Edge(task.name, fn, backtrace(3))
+                # The frame model_site(3) and backtrace(3) would start from.
+                succ[cls] = _Edge(task.name, sys._getframe(2))
                 path = self._path(cls, hcls)
                 if path is not None:
                     self._report_cycle(task, hcls, cls, path)
