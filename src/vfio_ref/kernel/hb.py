@@ -17,10 +17,12 @@ Complexity: O(threads) per synchronising operation or tracked access.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .core import model_site
+from .core import model_site, site_from
 
 if TYPE_CHECKING:
     from .core import Kernel, Task
@@ -52,14 +54,17 @@ class DataRace:
 
 
 class _Access:
-    __slots__ = ("reads", "w_clock", "w_fn", "w_name", "w_tid")
+    """The last write of one location and the reads since, each with the frame of the
+    function that made it (named only when a race is reported)."""
+
+    __slots__ = ("reads", "w_clock", "w_frame", "w_name", "w_tid")
 
     def __init__(self) -> None:
         self.w_tid = -1
         self.w_clock = 0
-        self.w_fn = ""
+        self.w_frame: FrameType | None = None
         self.w_name = ""
-        self.reads: dict[int, tuple[int, str, str]] = {}
+        self.reads: dict[int, tuple[int, FrameType, str]] = {}
 
 
 def _join(dst: VC, src: VC) -> None:
@@ -140,18 +145,18 @@ class HappensBefore:
             a = self.locs[key] = _Access()
         tid = t.tid
         if a.w_tid >= 0 and a.w_tid != tid and a.w_clock > vc.get(a.w_tid, 0):
-            self._race(obj, field, "write", a.w_fn, a.w_name, t, write)
+            self._race(obj, field, "write", site_from(a.w_frame)[0], a.w_name, t, write)
         if write:
-            for rtid, (rclock, rfn, rname) in a.reads.items():
+            for rtid, (rclock, rframe, rname) in a.reads.items():
                 if rtid != tid and rclock > vc.get(rtid, 0):
-                    self._race(obj, field, "read", rfn, rname, t, write)
+                    self._race(obj, field, "read", site_from(rframe)[0], rname, t, write)
             a.w_tid = tid
             a.w_clock = vc[tid]
-            a.w_fn = model_site(3)[0]
+            a.w_frame = sys._getframe(2)  # the frame model_site(3) would start from
             a.w_name = t.name
             a.reads = {}
         else:
-            a.reads[tid] = (vc[tid], model_site(3)[0], t.name)
+            a.reads[tid] = (vc[tid], sys._getframe(2), t.name)
 
     def _race(
         self, obj: Any, field: str, first_access: str, first_fn: str, first_thread: str, t: Task, write: bool
