@@ -6,6 +6,7 @@ names the allocating and freeing function in its reports.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -266,3 +267,44 @@ def test_without_kasan_freed_memory_is_not_poisoned() -> None:
     assert not is_freed(g)
     assert vfio_group_try_get(g) == 3  # a silent use-after-free, as on a kernel without KASAN
     assert k.leaks() == []  # still untracked: the live set does not depend on KASAN
+
+
+def test_allocation_and_free_chains_are_named_as_when_they_happened(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The records keep the frame of kzalloc's and kfree's caller and name the call chain when
+    # a report reads it; by then every function on it has returned.  The names must be the
+    # ones a walk of the stack gave at the call.
+    from vfio_ref.kernel import slab
+    from vfio_ref.kernel.core import backtrace_from, site_from
+    from vfio_ref.vfio import boot
+    from vfio_ref.vfio.platform import Platform
+
+    at_the_call: dict[int, tuple[str, tuple[str, ...]]] = {}
+    for cls in (slab.AllocInfo, slab.FreeInfo):
+        init = cls.__init__
+
+        def naming_now(self: Any, *args: Any, _init: Any = init, **kw: Any) -> None:
+            _init(self, *args, **kw)
+            at_the_call[id(self)] = (site_from(self._frame)[0], backtrace_from(self._frame, slab.CHAIN_DEPTH))
+
+        monkeypatch.setattr(cls, "__init__", naming_now)
+    v = boot("p3")  # as posted: vfio_create_group() frees the group it returns
+    p = Platform(v)
+    p.add_group("g0")
+    p.add_device("0000:00:01.0", "g0")
+    with pytest.raises(UseAfterFree) as e:
+        p.bind("0000:00:01.0")
+    freed = e.value.freed  # type: ignore[attr-defined]
+    assert (freed.function, freed.backtrace) == at_the_call[id(freed)]
+    assert freed.backtrace[:2] == ("vfio_create_group", "vfio_group_find_or_alloc")
+    assert freed.allocated.backtrace == at_the_call[id(freed.allocated)][1]
+    assert "Freed by task MainThread in vfio_create_group (vfio_create_group <- vfio_group_find_or_alloc <- " in str(
+        e.value
+    )
+    # A live object's allocation chain, read at the end.
+    live = [info for _, info in v.k.slab.live.values()]
+    assert live and all(info.backtrace == at_the_call[id(info)][1] for info in live)
+    # What a pickle carries: the chain, named.
+    copy = pickle.loads(pickle.dumps(freed))
+    assert (copy.function, copy.backtrace, copy.allocated.backtrace) == (
+        freed.function, freed.backtrace, freed.allocated.backtrace
+    )

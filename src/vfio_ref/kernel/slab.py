@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, model_site
+from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, backtrace_from, model_site, site_from
 from .errno import IS_ERR
 from .kexpr import is_embedded, kexpr, struct_name
 from .sched import Scheduler, note_created
@@ -41,25 +41,87 @@ T = TypeVar("T", bound="KStruct")
 CHAIN_DEPTH = 16
 
 
-# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, and
-# these are built on every allocation and free.  Nothing changes them once built.
-@dataclass(slots=True)
-class AllocInfo:
-    type: str
-    function: str
-    thread: str
-    step: int | None
-    backtrace: tuple[str, ...]
+class _Chain:
+    """Where an allocation or a free was made: the kernel function and its call chain,
+    named when first read.  The record keeps the frame of the function that made the call
+    (its callers stay reachable from it after they return), so an object nobody reports on
+    costs no stack walk.  A copy or a pickle carries the names."""
+
+    __slots__ = ("_chain", "_frame", "_function")
+
+    def __init__(self, frame: FrameType | None, chain: tuple[str, ...], function: str | None) -> None:
+        assert frame is not None or function is not None
+        self._frame = frame
+        self._chain = chain
+        self._function = function
+
+    def _name(self) -> None:
+        f = self._frame
+        if f is not None:
+            self._chain = backtrace_from(f, CHAIN_DEPTH)
+            if self._function is None:
+                self._function = site_from(f)[0]
+            self._frame = None
+
+    @property
+    def backtrace(self) -> tuple[str, ...]:
+        """Kernel function names from the call outwards, innermost first (at most CHAIN_DEPTH;
+        none in lean mode)."""
+        self._name()
+        return self._chain
+
+    @property
+    def function(self) -> str:
+        """The innermost kernel function of the call (as model_site names it)."""
+        if self._function is None:
+            self._name()
+        assert self._function is not None
+        return self._function
 
 
-@dataclass(slots=True)
-class FreeInfo:
-    type: str
-    function: str
-    thread: str
-    step: int | None
-    backtrace: tuple[str, ...]
-    allocated: AllocInfo | None
+class AllocInfo(_Chain):
+    """Who allocated an object: its type, the kernel function, the task, the step, and the
+    call chain."""
+
+    __slots__ = ("step", "thread", "type")
+
+    def __init__(
+        self, type: str, function: str, thread: str, step: int | None, frame: FrameType | None = None,
+        chain: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(frame, chain, function)
+        self.type = type
+        self.thread = thread
+        self.step = step
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AllocInfo, (self.type, self.function, self.thread, self.step, None, self.backtrace))
+
+    def __repr__(self) -> str:
+        return f"AllocInfo({self.type}, {self.function}, {self.thread}, step {self.step})"
+
+
+class FreeInfo(_Chain):
+    """Who freed an object, as AllocInfo says who allocated it, and that allocation.  With a
+    frame, the freeing function is named from it when first read."""
+
+    __slots__ = ("allocated", "step", "thread", "type")
+
+    def __init__(
+        self, type: str, function: str | None, thread: str, step: int | None, allocated: AllocInfo | None,
+        frame: FrameType | None = None, chain: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(frame, chain, function)
+        self.type = type
+        self.thread = thread
+        self.step = step
+        self.allocated = allocated
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FreeInfo, (self.type, self.function, self.thread, self.step, self.allocated, None, self.backtrace))
+
+    def __repr__(self) -> str:
+        return f"FreeInfo({self.type}, {self.function}, {self.thread}, step {self.step})"
 
 
 @dataclass(frozen=True)
@@ -338,13 +400,8 @@ class Slab:
 
     def track(self, obj: object, function: str) -> AllocInfo:
         k = self.kernel
-        info = AllocInfo(
-            type=type(obj).__name__,
-            function=function,
-            thread=k.current().name,
-            step=k.step(),
-            backtrace=() if k.lean else backtrace(3, CHAIN_DEPTH),
-        )
+        # The frame backtrace(3) would start from: kzalloc's caller.
+        info = AllocInfo(type(obj).__name__, function, k.current().name, k.step(), None if k.lean else sys._getframe(2))
         self.live[id(obj)] = (obj, info)
         self.allocs += 1
         return info
@@ -424,15 +481,12 @@ def kfree(k: Kernel, obj: object) -> None:
     alloc = k.slab.untrack(obj)
     if not k.slab.kasan:
         return
-    fn, _ = model_site(2)
-    info = FreeInfo(
-        type=type(obj).__name__,
-        function=fn,
-        thread=k.current().name,
-        step=k.step(),
-        backtrace=() if k.lean else backtrace(2, CHAIN_DEPTH),
-        allocated=alloc,
-    )
+    # Lean: the freeing function now, no chain.  Else the frame model_site(2) and backtrace(2)
+    # would start from (kfree's caller), named when a report reads it.
+    if k.lean:
+        info = FreeInfo(type(obj).__name__, model_site(2)[0], k.current().name, k.step(), alloc)
+    else:
+        info = FreeInfo(type(obj).__name__, None, k.current().name, k.step(), alloc, sys._getframe(1))
     poison(obj, info)
 
 
