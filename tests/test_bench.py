@@ -335,3 +335,11 @@ def test_issue13_goals_take_a_paired_ratio_over_two_separate_figures() -> None:
     assert walk.ratio == pytest.approx(3.0) and walk.met is True and "(worst level: p1)" in walk.goal
     toy = g["issue 13: toy, reduced search per schedule vs plain depth-first search"]
     assert toy.ratio == pytest.approx(1.2) and toy.met is True
+
+
+def test_a_paired_table_shows_each_ratio_and_the_fastest_of_each_side() -> None:
+    doc = {"benchmarks": [_pair("kb", "paired:kasan@base", 1.08e-3, 1e-3, "kasan=False")]}
+    doc["benchmarks"][0]["extra_info"]["report"].update(col="base", row="lifecycle: KASAN on against off")
+    text = bench.render_report(doc, command="vfio-ref bench")
+    row = "| lifecycle: KASAN on against off | in each cell, timed in turn | 1.08x<br>972 µs against kasan=False 1 ms |"
+    assert row in text

@@ -213,7 +213,9 @@ def render_table(res: Results, title: str, entries: Sequence[Entry]) -> list[str
     for r in rows:
         in_row = [cells[(r, c)] for c in cols if (r, c) in cells]
         fkeys = {e.floor for e in in_row}
-        if len(fkeys) == 1 and None not in fkeys:
+        if all(_paired(e) is not None for e in in_row):
+            floor_cell = "in each cell, timed in turn"
+        elif len(fkeys) == 1 and None not in fkeys:
             fk = next(iter(fkeys))
             assert fk is not None
             fl = res.floors.get(fk)
@@ -228,9 +230,15 @@ def render_table(res: Results, title: str, entries: Sequence[Entry]) -> list[str
             if ce is None:
                 out.append("")
                 continue
-            cell = f"{fmt_time(ce.shown)} ({fmt_ratio(res.ratio(ce))})"
-            if ce.note:
-                cell += f"<br>{_md_escape(ce.note)}"
+            pair = _paired(ce)
+            if pair is not None:
+                # The ratio first (the median of the rounds'), then the fastest of each side.
+                ratio, m, f, label = pair
+                cell = f"{fmt_ratio(ratio)}<br>{fmt_time(m)} against {_md_escape(label)} {fmt_time(f)}"
+            else:
+                cell = f"{fmt_time(ce.shown)} ({fmt_ratio(res.ratio(ce))})"
+                if ce.note:
+                    cell += f"<br>{_md_escape(ce.note)}"
             out.append(cell)
         lines.append("| " + " | ".join(out) + " |")
     slope = _slopes(res, entries)
