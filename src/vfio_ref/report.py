@@ -379,8 +379,10 @@ def build_report(
             if on_cell is not None:
                 on_cell(c)
     else:
-        # The biggest cells first, so that no worker is left alone with one at the end.
-        order = sorted(work, key=lambda j: j.scenario not in _BIG)
+        # The biggest cells first, so that no worker is left alone with one at the end: the
+        # base's (its kworker is a third thread in every scenario), then the other concurrent
+        # scenarios and the fault sweep, then the rest; the catalogue's order within each.
+        order = sorted(work, key=_size_rank)
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
             for c in pool.map(_run_cell, order):
                 cells[(c.scenario, c.level)] = c
@@ -389,5 +391,12 @@ def build_report(
     return Report(lv, sc, cells, review_fixes, ablation, bound, time.perf_counter() - t0, jobs)
 
 
-# The cells that take longest (the concurrent scenarios), scheduled first with --jobs.
-_BIG = frozenset({"create_race", "lookup_vs_last_put", "notifier_vs_release", "open_vs_last_put", "fault_sweep"})
+def _size_rank(job: _Job) -> tuple[bool, bool]:
+    """Sorts the cells that take longest first: the base's, then the concurrent scenarios'
+    and the fault sweep's (a scenario file's cells are taken to be big)."""
+    from .scenarios.catalogue import SCENARIOS
+    from .vfio import LEVELS
+
+    sc = SCENARIOS.get(job.scenario)
+    big = sc is None or sc.threads > 1 or job.scenario == "fault_sweep"
+    return (job.level != LEVELS[0], not big)
