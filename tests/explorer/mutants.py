@@ -32,6 +32,10 @@ RED = "tests/explorer/test_reduction.py"
 REG = "tests/explorer/test_reduction_regressions.py"
 EXP = "tests/explorer/test_explorer.py"
 EDGES = "tests/kernel/test_hb_edges.py"
+PAR = "src/vfio_ref/explorer/parallel.py"
+REPORT = "src/vfio_ref/report.py"
+LOCKDEP = "src/vfio_ref/kernel/lockdep.py"
+TPAR = "tests/explorer/test_parallel.py"
 
 M: list[Mutant] = [
     (
@@ -181,6 +185,60 @@ EQUIVALENT: list[Mutant] = [
         "node.running_enabled and not fp.changes_any(node.blocked):",
         "node.running_enabled:",
         [REG, RED],
+    ),
+]
+
+# Issue 13, 0.2.2: the split search's shared cap, the report's order, and the checkers'
+# records that name their call chain from a frame kept at the call.
+M += [
+    (
+        "X16 a part of a capped split search starts without looking at the shared count",
+        PAR,
+        "    if _COUNT is not None:\n        _COUNT.check()\n",
+        "",
+        [f"{TPAR}::test_a_capped_split_search_stops_its_parts_once_they_pass_the_cap"],
+    ),
+    (
+        "X17 the parts of a split search never count their schedules",
+        PAR,
+        "            self.count.value += 1\n",
+        "            pass\n",
+        [f"{TPAR}::test_a_capped_split_search_stops_its_parts_once_they_pass_the_cap"],
+    ),
+    (
+        "X18 the report hands out its small cells first",
+        REPORT,
+        "    return (job.level != LEVELS[0], not big)",
+        "    return (job.level == LEVELS[0], big)",
+        [f"{TPAR}::test_the_report_hands_out_its_biggest_cells_first"],
+    ),
+    (
+        "X19 a lockdep dependency keeps the wrong frame",
+        LOCKDEP,
+        "succ[cls] = _Edge(task.name, sys._getframe(2))",
+        "succ[cls] = _Edge(task.name, sys._getframe(1))",
+        ["tests/kernel/test_mutex_lockdep.py", "tests/test_reports.py"],
+    ),
+    (
+        "X20 a tracked write keeps the wrong frame",
+        HB,
+        "            a.w_frame = sys._getframe(2)",
+        "            a.w_frame = sys._getframe(1)",
+        ["tests/kernel/test_shared_hb.py", "tests/kernel/test_idr.py"],
+    ),
+    (
+        "X21 a free keeps kfree's own frame",
+        SLAB,
+        "k.step(), alloc, sys._getframe(1))",
+        "k.step(), alloc, sys._getframe(0))",
+        ["tests/kernel/test_slab.py", "tests/test_reports.py"],
+    ),
+    (
+        "X22 an allocation keeps track's caller's frame (kzalloc's), not kzalloc's caller's",
+        SLAB,
+        "k.current().name, k.step(), None if k.lean else sys._getframe(2))",
+        "k.current().name, k.step(), None if k.lean else sys._getframe(1))",
+        ["tests/kernel/test_slab.py", "tests/test_reports.py"],
     ),
 ]
 
