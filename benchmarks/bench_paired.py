@@ -9,6 +9,8 @@ fast moment of the machine that favours one side in one round does not decide it
 would a ratio of two separate minima).  The figures shown beside it are the fastest rounds.
 
 * ``kasan@LEVEL``: the lifecycle (free-running) as it runs against ``Kernel(kasan=False)``;
+* ``hook@LEVEL``: the same against the kernel's code recompiled without the scheduling hook
+  (issue 5's goal, ``_bench.sched_hook_stubbed``);
 * ``point``: one scheduling point with a switch (bench_explorer's two threads alternating
   on an atomic, 2,000 points) against one bare greenlet switch;
 * ``walk@LEVEL``: vfio_group_get_from_iommu + vfio_group_put with 1,024 groups alive (the
@@ -33,7 +35,7 @@ from typing import Any
 import pytest
 from greenlet import greenlet
 
-from _bench import QUICK, is_disabled, level_label
+from _bench import QUICK, is_disabled, level_label, sched_hook_stubbed
 from bench_explorer import _alternating, _AlwaysSwitch, _judge_all, _locked_steps, _no_findings
 from bench_lookup import _Groups
 from bench_scenarios import _lifecycle
@@ -41,7 +43,8 @@ from vfio_ref import LEVELS
 from vfio_ref.explorer import explore, run_once
 
 TABLE = "Paired ratios (issue 13): the model and its floor timed in turn"
-ROUNDS = 7 if QUICK else 15
+ROUNDS = 15 if QUICK else 31  # the median of that many rounds
+TOY_ROUNDS = 5 if QUICK else 9  # a round of the toy is two whole searches (about a second)
 
 
 def paired(model: Callable[[], object], floor: Callable[[], object], rounds: int) -> tuple[float, float, float]:
@@ -83,10 +86,11 @@ def record(
     per_model: int,
     per_floor: int,
     floor_label: str,
+    rounds: int = ROUNDS,
 ) -> tuple[float, float]:
     """Run the pair (once under ``--benchmark-disable``), keep both figures per operation
     in ``extra_info["paired"]``, and tag the benchmark for the report's table."""
-    rounds = 1 if is_disabled(benchmark) else ROUNDS
+    rounds = 1 if is_disabled(benchmark) else rounds
     out: list[tuple[float, float, float]] = []
     benchmark.pedantic(lambda: out.append(paired(model, floor, rounds)), rounds=1, iterations=1)
     m, f = out[-1][0] / per_model, out[-1][1] / per_floor
@@ -124,6 +128,27 @@ def test_kasan_on_against_off(benchmark: Any, level: str) -> None:
 
     record(benchmark, key=f"paired:kasan@{level}", row="lifecycle: KASAN on against off", col=level_label(level),
            model=on, floor=off, per_model=inner, per_floor=inner, floor_label="kasan=False")
+
+
+# -- the scheduling hook against the kernel recompiled without it (issue 5's goal) ------------
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_scheduling_hook_against_none(benchmark: Any, level: str) -> None:
+    inner = 3
+
+    def hooked() -> None:
+        for _ in range(inner):
+            _lifecycle(level, True)
+
+    def stubbed() -> None:
+        with sched_hook_stubbed():  # swaps the functions' code: cheap next to a lifecycle
+            for _ in range(inner):
+                _lifecycle(level, True)
+
+    record(benchmark, key=f"paired:hook@{level}", row="lifecycle: the scheduling hook against none",
+           col=level_label(level), model=hooked, floor=stubbed, per_model=inner, per_floor=inner,
+           floor_label="hook stubbed out")
 
 
 # -- one scheduling point against a greenlet switch -------------------------------------------
@@ -213,4 +238,4 @@ def test_reduced_search_against_plain_per_schedule(benchmark: Any) -> None:
     search(False)
     record(benchmark, key="paired:toy", row="toy at bound 2: reduced search, per schedule", col="",
            model=lambda: search(True), floor=lambda: search(False), per_model=counts[True],
-           per_floor=counts[False], floor_label="the plain search")
+           per_floor=counts[False], floor_label="the plain search", rounds=TOY_ROUNDS)

@@ -343,3 +343,18 @@ def test_a_paired_table_shows_each_ratio_and_the_fastest_of_each_side() -> None:
     text = bench.render_report(doc, command="vfio-ref bench")
     row = "| lifecycle: KASAN on against off | in each cell, timed in turn | 1.08x<br>972 µs against kasan=False 1 ms |"
     assert row in text
+
+
+def test_issue5s_hook_and_poisoning_goals_take_their_pairs() -> None:
+    # Unpaired, the synthetic doc says the hook costs 1.02x at base and poisoning 1.25x at p5.
+    doc = _doc()
+    doc["benchmarks"] += [
+        _pair("hp1", "paired:hook@p1", 1.07e-3, 1e-3, "hook stubbed out"),
+        _pair("hp5", "paired:hook@p5", 1.01e-3, 1e-3, "hook stubbed out"),
+        _pair("kp5", "paired:kasan@p5", 1.04e-3, 1e-3, "kasan=False"),
+    ]
+    by_name = {g.goal.split(" (")[0]: g for g in bench.goals(bench.parse(doc))}
+    hook = by_name["scheduling hook: lifecycle"]
+    assert hook.ratio == pytest.approx(1.07) and hook.met is False and "(worst level: p1)" in hook.goal
+    poison = by_name["slab poisoning: lifecycle"]
+    assert poison.ratio == pytest.approx(1.04) and poison.met is True and "timed in turn" in poison.floor

@@ -327,28 +327,19 @@ def _worst_level_goal(name: str, keys: dict[str, Entry], fig: str, floor: str, l
 
 
 def goals(res: Results) -> list[GoalResult]:
-    """Issue 5's goals, from one run's figures (and issue 4's two, for reference)."""
+    """Issue 5's goals, from one run's figures (and issue 4's two, for reference); the hook's
+    and the poisoning's from bench_paired.py's pairs where they ran."""
     k = res.by_key()
+    hook_name = "scheduling hook: lifecycle (free-running) vs the same with the hook stubbed out"
+    slab_name = "slab poisoning: lifecycle (free-running) vs the same with kasan=False"
     out = [
         _ratio_goal(
             "refcount inc + dec_and_test vs a bare Lock round trip", k, res, "refcount", "floor:lock", 3, "Lock"
         ),
-        _worst_level_goal(
-            "scheduling hook: lifecycle (free-running) vs the same with the hook stubbed out",
-            k,
-            "lifecycle-as-is@{level}",
-            "lifecycle-nohook@{level}",
-            1.05,
-            "stubbed",
-        ),
-        _worst_level_goal(
-            "slab poisoning: lifecycle (free-running) vs the same with kasan=False",
-            k,
-            "lifecycle-as-is@{level}",
-            "lifecycle-nokasan@{level}",
-            1.05,
-            "kasan off",
-        ),
+        _paired_goal(hook_name, k, [(f"paired:hook@{lv}", lv) for lv in LEVELS], 1.05)
+        or _worst_level_goal(hook_name, k, "lifecycle-as-is@{level}", "lifecycle-nohook@{level}", 1.05, "stubbed"),
+        _paired_goal(slab_name, k, [(f"paired:kasan@{lv}", lv) for lv in LEVELS], 1.05)
+        or _worst_level_goal(slab_name, k, "lifecycle-as-is@{level}", "lifecycle-nokasan@{level}", 1.05, "kasan off"),
         _ratio_goal("IDA alloc + free with 10**6 ids in use vs 10**3", k, res, "ida@1e6", "ida@1e3", 2, "at 1e3"),
         _ratio_goal(
             "one explorer scheduling point (with a switch) vs a bare greenlet switch",
