@@ -345,15 +345,17 @@ def test_a_paired_table_shows_each_ratio_and_the_fastest_of_each_side() -> None:
     assert row in text
 
 
-def test_issue5s_hook_and_poisoning_goals_take_their_pairs() -> None:
+def test_issue5s_hook_poisoning_and_point_goals_take_their_pairs() -> None:
     # Unpaired, the synthetic doc says the hook costs 1.02x at base and poisoning 1.25x at p5.
     doc = _doc()
     doc["benchmarks"] += [
         _pair("hp1", "paired:hook@p1", 1.07e-3, 1e-3, "hook stubbed out"),
         _pair("hp5", "paired:hook@p5", 1.01e-3, 1e-3, "hook stubbed out"),
         _pair("kp5", "paired:kasan@p5", 1.04e-3, 1e-3, "kasan=False"),
+        _pair("pt", "paired:point", 1e-6, 0.4e-6, "a greenlet switch"),  # 7x unpaired in _doc
     ]
     by_name = {g.goal.split(" (")[0]: g for g in bench.goals(bench.parse(doc))}
+    assert by_name["one explorer scheduling point"].ratio == pytest.approx(2.5)
     hook = by_name["scheduling hook: lifecycle"]
     assert hook.ratio == pytest.approx(1.07) and hook.met is False and "(worst level: p1)" in hook.goal
     poison = by_name["slab poisoning: lifecycle"]

@@ -327,8 +327,8 @@ def _worst_level_goal(name: str, keys: dict[str, Entry], fig: str, floor: str, l
 
 
 def goals(res: Results) -> list[GoalResult]:
-    """Issue 5's goals, from one run's figures (and issue 4's two, for reference); the hook's
-    and the poisoning's from bench_paired.py's pairs where they ran."""
+    """Issue 5's goals, from one run's figures (and issue 4's two, for reference); the hook's,
+    the poisoning's and the point's from bench_paired.py's pairs where they ran."""
     k = res.by_key()
     hook_name = "scheduling hook: lifecycle (free-running) vs the same with the hook stubbed out"
     slab_name = "slab poisoning: lifecycle (free-running) vs the same with kasan=False"
@@ -341,7 +341,9 @@ def goals(res: Results) -> list[GoalResult]:
         _paired_goal(slab_name, k, [(f"paired:kasan@{lv}", lv) for lv in LEVELS], 1.05)
         or _worst_level_goal(slab_name, k, "lifecycle-as-is@{level}", "lifecycle-nokasan@{level}", 1.05, "kasan off"),
         _ratio_goal("IDA alloc + free with 10**6 ids in use vs 10**3", k, res, "ida@1e6", "ida@1e3", 2, "at 1e3"),
-        _ratio_goal(
+        _paired_goal("one explorer scheduling point (with a switch) vs a bare greenlet switch", k,
+                     [("paired:point", "")], 20)
+        or _ratio_goal(
             "one explorer scheduling point (with a switch) vs a bare greenlet switch",
             k,
             res,
