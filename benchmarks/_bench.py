@@ -257,6 +257,52 @@ def sched_hook_stubbed() -> Iterator[int]:
             f.__code__ = old
 
 
+def greenlet_ping_pong(switches: int) -> tuple[Callable[[], None], Any]:
+    """A call that makes ``switches`` bare greenlet switches (there and back with a partner
+    that only switches back): the floor of an explorer scheduling point; and the partner."""
+    from greenlet import getcurrent, greenlet
+
+    main = getcurrent()
+
+    def partner() -> None:
+        while True:
+            main.switch()
+
+    g = greenlet(partner)
+    switch = g.switch
+    rng = range(switches // 2)
+
+    def ping_pong() -> None:
+        for _ in rng:
+            switch()  # there and back: two switches
+
+    return ping_pong, g
+
+
+class ScanEntry:
+    """An entry of the bare list scan (``floor:scan:N``): one attribute, compared by identity."""
+
+    __slots__ = ("iommu_group",)
+
+    def __init__(self) -> None:
+        self.iommu_group = object()
+
+
+def bare_scan(n: int, loops: int = 1) -> Callable[[], None]:
+    """A call that scans a list of ``n`` ScanEntry ``loops`` times for the last one's attribute."""
+    entries = [ScanEntry() for _ in range(n)]
+    target = entries[-1].iommu_group
+    rng = range(loops)
+
+    def scan() -> None:
+        for _ in rng:
+            for e in entries:
+                if e.iommu_group is target:
+                    break
+
+    return scan
+
+
 def timed_loop(body: Callable[[], object], loops: int) -> Callable[[], None]:
     """``body`` repeated ``loops`` times, as one benchmarked call."""
     rng = range(loops)

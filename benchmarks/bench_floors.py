@@ -17,52 +17,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from greenlet import greenlet
 
-from _bench import FLOOR_GREENLET, floor_scan, tag_floor
+from _bench import FLOOR_GREENLET, bare_scan, floor_scan, greenlet_ping_pong, tag_floor
 
 SCAN_SIZES = (1, 64, 1024, 4096)
 SWITCH_LOOP = 500
 
 
-class _Entry:
-    __slots__ = ("iommu_group",)
-
-    def __init__(self) -> None:
-        self.iommu_group = object()
-
-
 @pytest.mark.parametrize("n", SCAN_SIZES)
 def test_floor_list_scan(benchmark: Any, n: int) -> None:
-    entries = [_Entry() for _ in range(n)]
-    target = entries[-1].iommu_group
     loops = max(1, 256 // n)
-
-    def scan() -> None:
-        for _ in range(loops):
-            for e in entries:
-                if e.iommu_group is target:
-                    break
-
     tag_floor(benchmark, floor_scan(n), f"list scan of {n} entries comparing one attribute", per=loops)
-    benchmark(scan)
+    benchmark(bare_scan(n, loops))
 
 
 def test_floor_greenlet_switch(benchmark: Any) -> None:
-    main = greenlet.getcurrent()
-
-    def partner() -> None:
-        while True:
-            main.switch()
-
-    g = greenlet(partner)
-    switch = g.switch
-    rng = range(SWITCH_LOOP)
-
-    def ping_pong() -> None:
-        for _ in rng:
-            switch()  # there and back: two switches
-
     tag_floor(benchmark, FLOOR_GREENLET, "one bare greenlet switch", per=2 * SWITCH_LOOP)
+    ping_pong, partner = greenlet_ping_pong(2 * SWITCH_LOOP)
     benchmark(ping_pong)
-    assert not g.dead
+    assert not partner.dead

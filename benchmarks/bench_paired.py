@@ -33,13 +33,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from greenlet import greenlet
 
-from _bench import QUICK, is_disabled, level_label, sched_hook_stubbed
+from _bench import QUICK, bare_scan, greenlet_ping_pong, is_disabled, level_label, sched_hook_stubbed, timed_loop
 from bench_explorer import _alternating, _AlwaysSwitch, _judge_all, _locked_steps, _no_findings
 from bench_lookup import _Groups
 from bench_scenarios import _lifecycle
 from vfio_ref import LEVELS
+from vfio_ref.bench import fmt_time
 from vfio_ref.explorer import explore, run_once
 
 TABLE = "Paired ratios (issue 13): the model and its floor timed in turn"
@@ -99,35 +99,23 @@ def record(
                                       "floor_label": floor_label}
     benchmark.extra_info["report"] = {
         "table": TABLE, "row": row, "col": col, "key": key, "per": 1, "show": "total",
-        "note": f"{ratio:.2f}x (median of {rounds} rounds); fastest: {_t(m)} against {floor_label} {_t(f)}",
+        "note": f"{ratio:.2f}x (median of {rounds} rounds); fastest: {fmt_time(m)} against {floor_label} {fmt_time(f)}",
     }
     return m, f
-
-
-def _t(s: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s / 1e-9:.3g} ns"
 
 
 # -- KASAN on against off ----------------------------------------------------------------------
 
 
+INNER = 3  # lifecycles per timed call
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_kasan_on_against_off(benchmark: Any, level: str) -> None:
-    inner = 3
-
-    def on() -> None:
-        for _ in range(inner):
-            _lifecycle(level, True)
-
-    def off() -> None:
-        for _ in range(inner):
-            _lifecycle(level, False)
-
+    on = timed_loop(lambda: _lifecycle(level, True), INNER)
+    off = timed_loop(lambda: _lifecycle(level, False), INNER)
     record(benchmark, key=f"paired:kasan@{level}", row="lifecycle: KASAN on against off", col=level_label(level),
-           model=on, floor=off, per_model=inner, per_floor=inner, floor_label="kasan=False")
+           model=on, floor=off, per_model=INNER, per_floor=INNER, floor_label="kasan=False")
 
 
 # -- the scheduling hook against the kernel recompiled without it (issue 5's goal) ------------
@@ -135,19 +123,14 @@ def test_kasan_on_against_off(benchmark: Any, level: str) -> None:
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_scheduling_hook_against_none(benchmark: Any, level: str) -> None:
-    inner = 3
-
-    def hooked() -> None:
-        for _ in range(inner):
-            _lifecycle(level, True)
+    lifecycles = timed_loop(lambda: _lifecycle(level, True), INNER)
 
     def stubbed() -> None:
         with sched_hook_stubbed():  # swaps the functions' code: cheap next to a lifecycle
-            for _ in range(inner):
-                _lifecycle(level, True)
+            lifecycles()
 
     record(benchmark, key=f"paired:hook@{level}", row="lifecycle: the scheduling hook against none",
-           col=level_label(level), model=hooked, floor=stubbed, per_model=inner, per_floor=inner,
+           col=level_label(level), model=lifecycles, floor=stubbed, per_model=INNER, per_floor=INNER,
            floor_label="hook stubbed out")
 
 
@@ -161,33 +144,14 @@ def test_scheduling_point_against_a_greenlet_switch(benchmark: Any) -> None:
         points.append(run_once(_alternating, _no_findings, _AlwaysSwitch()).sched.step_no)
 
     execution()
-    main = greenlet.getcurrent()
-
-    def partner() -> None:
-        while True:
-            main.switch()
-
-    g = greenlet(partner)
-    switch = g.switch
-    loop = range(points[0] // 2)
-
-    def switches() -> None:
-        for _ in loop:
-            switch()  # there and back: two switches
+    switches, _ = greenlet_ping_pong(points[0])
 
     record(benchmark, key="paired:point", row="one scheduling point (with a switch)", col="",
-           model=execution, floor=switches, per_model=points[0], per_floor=2 * len(loop),
+           model=execution, floor=switches, per_model=points[0], per_floor=points[0] // 2 * 2,
            floor_label="a greenlet switch")
 
 
 # -- the group-list walk against a bare scan --------------------------------------------------
-
-
-class _Entry:
-    __slots__ = ("iommu_group",)
-
-    def __init__(self) -> None:
-        self.iommu_group = object()
 
 
 WALK = 1024
@@ -202,19 +166,13 @@ def test_group_list_walk_against_a_bare_scan(benchmark: Any, level: str) -> None
     v = groups.v
     target = groups.iommu_groups[0]  # the oldest: at the tail of vfio.group_list
     get, put = v.vfio_group_get_from_iommu, v.vfio_group_put
-    entries = [_Entry() for _ in range(WALK)]
-    last = entries[-1].iommu_group
     inner = 20
 
     def lookups() -> None:
         for _ in range(inner):
             put(get(target))
 
-    def scans() -> None:
-        for _ in range(inner):
-            for e in entries:
-                if e.iommu_group is last:
-                    break
+    scans = bare_scan(WALK, inner)
 
     record(benchmark, key=f"paired:walk@{level}", row=f"group-list walk, {WALK} groups, per entry",
            col=level_label(level), model=lookups, floor=scans, per_model=inner * WALK, per_floor=inner * WALK,
