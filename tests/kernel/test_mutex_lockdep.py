@@ -495,7 +495,7 @@ def test_a_dependency_is_named_from_its_frame_as_when_it_was_first_taken(monkeyp
 
     def naming_now(self: lockdep._Edge, thread: str, frame: object) -> None:
         init(self, thread, frame)  # type: ignore[arg-type]
-        eager[id(self)] = (site_from(self.frame)[0], backtrace_from(self.frame))
+        eager[id(self)] = (site_from(self._frame)[0], backtrace_from(self._frame))
 
     monkeypatch.setattr(lockdep._Edge, "__init__", naming_now)
     v = boot("p5")

@@ -197,6 +197,45 @@ def backtrace_from(f: FrameType | None, limit: int = 12) -> tuple[str, ...]:
 _BT_OUTSIDE = 6
 
 
+class CallSite:
+    """Where a record was made: the innermost kernel function and its call chain, named when
+    first read.  The record keeps the frame of the function that made the call (its callers
+    stay reachable from it after they return, and the names are its code's), so a record
+    nobody reports on costs no stack walk.  ``function`` may be given at once instead.  A
+    subclass sets ``depth``, the most names its chain keeps; a pickle carries the names."""
+
+    __slots__ = ("_chain", "_frame", "_function")
+    depth = 12  # as backtrace()
+
+    def __init__(self, frame: FrameType | None, chain: tuple[str, ...] = (), function: str | None = None) -> None:
+        assert frame is not None or function is not None
+        self._frame = frame
+        self._chain = chain
+        self._function = function
+
+    def _name(self) -> None:
+        f = self._frame
+        if f is not None:
+            self._chain = backtrace_from(f, self.depth)
+            if self._function is None:
+                self._function = site_from(f)[0]
+            self._frame = None
+
+    @property
+    def backtrace(self) -> tuple[str, ...]:
+        """Kernel function names from the call outwards, innermost first (none without a frame)."""
+        self._name()
+        return self._chain
+
+    @property
+    def function(self) -> str:
+        """The innermost kernel function of the call (as model_site names it)."""
+        if self._function is None:
+            self._name()
+        assert self._function is not None
+        return self._function
+
+
 def model_site(skip: int = 1) -> tuple[str, str]:
     """(innermost kernel function, 'file:line') of the caller, skipping the substrate helpers."""
     return site_from(sys._getframe(skip))

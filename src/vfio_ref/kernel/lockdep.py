@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .core import backtrace, backtrace_from, model_site, site_from
+from .core import CallSite, backtrace, model_site
 
 if TYPE_CHECKING:
     from .core import Kernel, Task
@@ -47,31 +47,20 @@ class LockdepReport:
         return self.text
 
 
-class _Edge:
+class _Edge(CallSite):
     """A dependency as first seen: the task, and the frame of the kernel function that took
-    the lock.  Its function and call chain are named from the frame when a report needs them
-    (most dependencies never appear in one; walking the stack for each was a tenth of an
-    explored schedule's cost)."""
+    the lock, named when a report needs it (most dependencies never appear in one; walking
+    the stack for each was a tenth of an explored schedule's cost)."""
 
-    __slots__ = ("_chain", "frame", "thread")
+    __slots__ = ("thread",)
 
     def __init__(self, thread: str, frame: FrameType) -> None:
+        super().__init__(frame)
         self.thread = thread
-        self.frame = frame
-        self._chain: tuple[str, tuple[str, ...]] | None = None
-
-    def _named(self) -> tuple[str, tuple[str, ...]]:
-        if self._chain is None:
-            self._chain = (site_from(self.frame)[0], backtrace_from(self.frame))
-        return self._chain
-
-    @property
-    def function(self) -> str:
-        return self._named()[0]
 
     @property
     def chain(self) -> tuple[str, ...]:
-        return self._named()[1]
+        return self.backtrace
 
 
 class HeldLock:

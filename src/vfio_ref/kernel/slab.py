@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from .core import DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, backtrace_from, model_site, site_from
+from .core import CallSite, DoubleFree, Kernel, KernelBug, UseAfterFree, backtrace, model_site
 from .errno import IS_ERR
 from .kexpr import is_embedded, kexpr, struct_name
 from .sched import Scheduler, note_created
@@ -41,49 +41,12 @@ T = TypeVar("T", bound="KStruct")
 CHAIN_DEPTH = 16
 
 
-class _Chain:
-    """Where an allocation or a free was made: the kernel function and its call chain,
-    named when first read.  The record keeps the frame of the function that made the call
-    (its callers stay reachable from it after they return), so an object nobody reports on
-    costs no stack walk.  A copy or a pickle carries the names."""
-
-    __slots__ = ("_chain", "_frame", "_function")
-
-    def __init__(self, frame: FrameType | None, chain: tuple[str, ...], function: str | None) -> None:
-        assert frame is not None or function is not None
-        self._frame = frame
-        self._chain = chain
-        self._function = function
-
-    def _name(self) -> None:
-        f = self._frame
-        if f is not None:
-            self._chain = backtrace_from(f, CHAIN_DEPTH)
-            if self._function is None:
-                self._function = site_from(f)[0]
-            self._frame = None
-
-    @property
-    def backtrace(self) -> tuple[str, ...]:
-        """Kernel function names from the call outwards, innermost first (at most CHAIN_DEPTH;
-        none in lean mode)."""
-        self._name()
-        return self._chain
-
-    @property
-    def function(self) -> str:
-        """The innermost kernel function of the call (as model_site names it)."""
-        if self._function is None:
-            self._name()
-        assert self._function is not None
-        return self._function
-
-
-class AllocInfo(_Chain):
+class AllocInfo(CallSite):
     """Who allocated an object: its type, the kernel function, the task, the step, and the
     call chain."""
 
     __slots__ = ("step", "thread", "type")
+    depth = CHAIN_DEPTH
 
     def __init__(
         self, type: str, function: str, thread: str, step: int | None, frame: FrameType | None = None,
@@ -101,11 +64,12 @@ class AllocInfo(_Chain):
         return f"AllocInfo({self.type}, {self.function}, {self.thread}, step {self.step})"
 
 
-class FreeInfo(_Chain):
+class FreeInfo(CallSite):
     """Who freed an object, as AllocInfo says who allocated it, and that allocation.  With a
     frame, the freeing function is named from it when first read."""
 
     __slots__ = ("allocated", "step", "thread", "type")
+    depth = CHAIN_DEPTH
 
     def __init__(
         self, type: str, function: str | None, thread: str, step: int | None, allocated: AllocInfo | None,
