@@ -157,11 +157,17 @@ def _default_explore_jobs(args: argparse.Namespace) -> int:
     for --coverage (it traces this process) and on a cluster."""
     from .report import default_jobs
 
-    unbounded_reduced = args.bound is None and not args.no_reduction
-    if (args.random or args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep"
-            or args.coverage or args.cluster is not None):
+    if not _search_splits(args) or args.coverage or args.cluster is not None:
         return 1
     return default_jobs()
+
+
+def _search_splits(args: argparse.Namespace) -> bool:
+    """Whether explore's search is one depth-first search (bounded, or plain), the kind
+    --jobs and --cluster split: not the unbounded reduced search, --random, --replay or
+    fault_sweep."""
+    unbounded_reduced = args.bound is None and not args.no_reduction
+    return not (args.random or args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep")
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
@@ -610,8 +616,7 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
         for opt in ("jobs", "cluster"):
             if opt not in given:
                 continue
-            unbounded_reduced = args.bound is None and not args.no_reduction
-            if args.random or args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep":
+            if not _search_splits(args):
                 _refuse(
                     f"--{opt} splits one depth-first search (a bound, or --no-reduction): the unbounded reduced "
                     "search, --random, --replay and fault_sweep run in one process (report --jobs splits cells)"
