@@ -25,6 +25,7 @@ from vfio_ref.kernel.shared import (
     list_del,
     list_empty,
     list_for_each_entry,
+    list_walk_begin,
 )
 from vfio_ref.kernel.workqueue import INIT_WORK, WorkStruct, flush_scheduled_work, schedule_work
 
@@ -123,6 +124,24 @@ def test_list_for_each_entry_survives_deleting_the_current_entry(k: Kernel) -> N
             list_del(e.node)
     assert seen == ["a", "b", "c", "d"]
     assert names(head) == ["a", "d"]
+
+
+def walk_written_out(head: ListHead) -> list[str]:
+    """list_for_each_entry as a hot caller writes it out (list_walk_begin, then node.next)."""
+    out = []
+    node = list_walk_begin(head)
+    while node is not head:
+        out.append(node.container.name)
+        node = node.next
+    return out
+
+
+def test_a_written_out_walk_visits_what_list_for_each_entry_yields(k: Kernel) -> None:
+    head = INIT_LIST_HEAD(k, name="vfio.group_list")
+    assert walk_written_out(head) == []  # an empty list: the first node is the head
+    for n in "abc":
+        list_add(Entry(k, n).node, head)
+    assert walk_written_out(head) == names(head) == ["c", "b", "a"]
 
 
 class Group(KStruct):
@@ -456,6 +475,24 @@ def test_unlocked_list_updates_race_and_name_the_callers(sk: Kernel) -> None:
         ("write in vfio_group_nb_add_dev [A]", "write in vfio_group_release [B]"),
     ]
     assert all(r.step is not None for r in sk.hb.races)
+
+
+def test_a_written_out_walk_is_one_scheduling_point_and_a_read_of_the_list(sk: Kernel) -> None:
+    assert sk.hb is not None
+    a, b, run = two_tasks(sk)
+    head = INIT_LIST_HEAD(sk, name="vfio.group_list")
+    with run(a):
+        vfio_group_nb_add_dev(head, Entry(sk, "x"))
+        vfio_group_nb_add_dev(head, Entry(sk, "y"))
+    assert sk.sched is not None
+    before = sk.sched.step_no
+    with run(b):
+        assert walk_written_out(head) == ["y", "x"]
+    assert sk.sched.step_no == before + 1  # the walk's one point, none per entry
+    # A read of the list, named after the function that walks it (list_walk_begin's caller).
+    assert [(r.location, r.first, r.second) for r in sk.hb.races] == [
+        ("ListHead.vfio.group_list", "write in vfio_group_nb_add_dev [A]", "read in walk_written_out [B]")
+    ]
 
 
 def test_locked_list_updates_do_not_race(sk: Kernel) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vfio_ref.kernel import CAP_SYS_ADMIN, KernelBug
+from vfio_ref import LEVELS
+from vfio_ref.kernel import CAP_SYS_ADMIN, KernelBug, UseAfterFree
 from vfio_ref.kernel.cdev import File
 from vfio_ref.kernel.device import MAJOR, MKDEV
 from vfio_ref.kernel.errno import EBUSY, ENODEV, EPERM
 from vfio_ref.kernel.iommu import iommu_group_get
+from vfio_ref.kernel.slab import kfree
+from vfio_ref.vfio import REVIEW_FIX_LEVELS
 from vfio_ref.vfio.base import VFIO_IOMMU
 
 from .machine import A, B, machine
@@ -153,3 +156,25 @@ def test_the_notifier_takes_a_reference_and_puts_it_from_a_work_item() -> None:
     assert group.kref.kref_read() == 1  # every notifier reference was put back
     m.p.teardown()
     assert m.warnings() == [] and m.k.leaks() == []
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_group_freed_while_listed_faults_the_lookup_that_walks_over_it(level: str) -> None:
+    """The group-list walk is written out in the lookup (a hot path); a freed group still on
+    vfio.group_list is still caught, in the lookup, at the list node it is reached through."""
+    m = machine(level, review_fixes=level in REVIEW_FIX_LEVELS)
+    m.p.add_group("g1")
+    m.p.add_device(B, "g1")
+    assert m.p.bind(A) == 0
+    group = m.v.vfio_group_get_from_iommu(iommu_group_get(m.p.dev(A)))
+    assert group is not None
+    m.v.vfio_group_put(group)
+    kfree(m.k, group)  # a buggy free: the group stays listed
+    with pytest.raises(UseAfterFree) as uaf:
+        m.v.vfio_group_get_from_iommu(iommu_group_get(m.p.dev(B)))
+    lookup = "vfio_group_get_from_iommu" if level in ("base", "p1") else "__vfio_group_get_from_iommu"
+    assert uaf.value.function == lookup
+    assert uaf.value.message.splitlines()[0].startswith(
+        f"BUG: KASAN: use-after-free in {lookup}: read of group->vfio_next (struct vfio_group)"
+    )
+    assert uaf.value.freed.function == "test_a_group_freed_while_listed_faults_the_lookup_that_walks_over_it"  # type: ignore[attr-defined]

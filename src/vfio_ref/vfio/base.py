@@ -133,6 +133,7 @@ from ..kernel.shared import (
     list_empty,
     list_for_each_entry,
     list_for_each_entry_safe,
+    list_walk_begin,
 )
 from ..kernel.slab import KStruct, container_of, kfree, kmalloc, kzalloc
 from ..kernel.wait import (
@@ -719,11 +720,16 @@ class VfioBase(Level):
     def vfio_group_get_from_iommu(self, iommu_group: IommuGroup) -> VfioGroupPtr | None:
         vfio = self.vfio
         mutex_lock(vfio.group_lock)
-        for group in list_for_each_entry(vfio.group_list):
+        # list_for_each_entry(group, &vfio.group_list, vfio_next), written out (the hot walk).
+        head = vfio.group_list
+        node = list_walk_begin(head)
+        while node is not head:
+            group = node.container
             if group.iommu_group is iommu_group:
                 self.vfio_group_get(group)
                 mutex_unlock(vfio.group_lock)
                 return group
+            node = node.next
         mutex_unlock(vfio.group_lock)
         return None
 

@@ -16,7 +16,7 @@ from ..kernel.iommu import IommuGroup, iommu_group_id, iommu_group_register_noti
 from ..kernel.kref import kref_init
 from ..kernel.mutex import mutex_init, mutex_lock, mutex_unlock
 from ..kernel.notifier import BLOCKING_INIT_NOTIFIER_HEAD
-from ..kernel.shared import INIT_LIST_HEAD, list_add, list_for_each_entry
+from ..kernel.shared import INIT_LIST_HEAD, list_add, list_walk_begin
 from ..kernel.slab import kfree, kzalloc
 from ..kernel.wait import init_waitqueue_head
 from .base import VFIO_NO_IOMMU, VfioGroupPtr
@@ -29,10 +29,15 @@ class VfioP2(VfioP1):
 
     def __vfio_group_get_from_iommu(self, iommu_group: IommuGroup) -> VfioGroupPtr | None:
         """Find the group of ``iommu_group`` and take a reference; vfio.group_lock held."""
-        for group in list_for_each_entry(self.vfio.group_list):
+        # list_for_each_entry(group, &vfio.group_list, vfio_next), written out (the hot walk).
+        head = self.vfio.group_list
+        node = list_walk_begin(head)
+        while node is not head:
+            group = node.container
             if group.iommu_group is iommu_group:
                 self.vfio_group_get(group)
                 return group
+            node = node.next
         return None
 
     def vfio_group_get_from_iommu(self, iommu_group: IommuGroup) -> VfioGroupPtr | None:
