@@ -39,6 +39,9 @@ from .kernel.core import ModelUsageError
 
 DEFAULT_OUT = "benchmarks/REPORT.md"
 QUICK_ENV = "VFIO_REF_BENCH_QUICK"
+# The report benchmark's row when it runs the report at its default settings (a full run);
+# issue 13's 20 s goal is judged on that row only.
+REPORT_AT_DEFAULTS = "vfio-ref report --jobs 2"
 
 # Tables in reading order (by title prefix); tables not listed follow, in run order.
 TABLE_ORDER = (
@@ -480,8 +483,13 @@ def issue13_goals(res: Results) -> list[GoalResult]:
     rep = k.get("report")
     if rep is not None:
         against = f"--jobs 1: {fmt_time(ser.best)}" if ser is not None else "--jobs 1: not run"
+        # The goal is the report at its default settings; a narrower one (the quick run's p1
+        # and p5) is shown for its figure, neither met nor missed.
+        default = rep.row == REPORT_AT_DEFAULTS
+        if not default:
+            against += "; not the default report: the goal is not judged"
         out.append(GoalResult(f"issue 13: `{rep.row}` wall time", fmt_time(rep.best), against, None, "< 20 s",
-                              rep.best < 20))
+                              rep.best < 20 if default else None))
     else:
         out.append(GoalResult("issue 13: `vfio-ref report --jobs 2` wall time", "not run", "", None, "< 20 s", None))
     return out
