@@ -159,6 +159,31 @@ def test_the_notifier_takes_a_reference_and_puts_it_from_a_work_item() -> None:
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_the_lookup_walks_every_group_on_the_list(level: str) -> None:
+    """vfio_group_get_from_iommu finds each of five groups (the list holds them newest first)
+    and takes a reference on the one it returns; an iommu group with no vfio group finds none."""
+    m = machine(level, review_fixes=level in REVIEW_FIX_LEVELS, devices=())
+    names = [f"0000:00:0{i}.0" for i in range(1, 7)]
+    for i, name in enumerate(names):
+        m.p.add_group(f"g{i + 1}")
+        m.p.add_device(name, f"g{i + 1}")
+    for name in names[:5]:
+        assert m.p.bind(name) == 0
+    for name in names:
+        ig = iommu_group_get(m.p.dev(name))
+        group = m.v.vfio_group_get_from_iommu(ig)
+        if name == names[5]:
+            assert group is None  # bound to no vfio driver: no group
+            continue
+        assert group is not None and group.iommu_group is ig
+        refs = group.users if level in ("p4", "p5") else group.kref.refcount  # patch 4: a refcount_t
+        before = refs.read()
+        m.v.vfio_group_put(group)
+        assert refs.read() == before - 1
+    assert m.k.warnings == []
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_a_group_freed_while_listed_faults_the_lookup_that_walks_over_it(level: str) -> None:
     """The group-list walk is written out in the lookup (a hot path); a freed group still on
     vfio.group_list is still caught, in the lookup, at the list node it is reached through."""
