@@ -80,3 +80,18 @@ def test_a_higher_bound_never_loses_an_outcome(spec: Spec) -> None:
         now = set(_explore(spec, bound, True).outcomes)
         assert seen <= now, f"bound {bound} lost {seen - now} for:\n{spec}"
         seen = now
+
+
+@settings(
+    max_examples=EXAMPLES // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(strategy(threads=3, max_ops=3))
+def test_at_one_preemption_the_restricted_sleep_sets_prune_nothing(spec: Spec) -> None:
+    """What the report's choice of the plain search for its bounded fallback rests on
+    (report.AUTO_FALLBACK_REDUCTION): at one preemption the reduced search runs every
+    schedule the plain one runs.  Should the reduction come to prune there, this fails, and
+    the report should go back to it."""
+    plain, reduced = _check(spec, 1)
+    assert reduced.stats.schedules == plain.stats.schedules, str(spec)
