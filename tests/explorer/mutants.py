@@ -242,6 +242,49 @@ M += [
     ),
 ]
 
+# Issue 13, 0.2.3: the group-list walk written out, and the report's plain fallback.
+SHARED = "src/vfio_ref/kernel/shared.py"
+BASE = "src/vfio_ref/vfio/base.py"
+P2 = "src/vfio_ref/vfio/p2.py"
+M += [
+    (
+        "X23 the written-out walk is no scheduling point and no read of the list",
+        SHARED,
+        '    hb = _point(head, "list_for_each_entry")\n    if hb is not None:\n'
+        "        hb.access(head.kernel.current(), head, head.name, False)\n    return head.next\n",
+        "    return head.next\n",
+        ["tests/kernel/test_shared_hb.py"],
+    ),
+    (
+        "X24 the base's group-list lookup skips every other group",
+        BASE,
+        "                return group\n            node = node.next\n",
+        "                return group\n            node = node.next.next if node.next is not head else head\n",
+        ["tests/vfio/test_base.py"],
+    ),
+    (
+        "X25 patch 2's group-list lookup skips every other group",
+        P2,
+        "                return group\n            node = node.next\n",
+        "                return group\n            node = node.next.next if node.next is not head else head\n",
+        ["tests/vfio/test_base.py"],
+    ),
+    (
+        "X26 the report's fallback runs the reduced search unasked",
+        REPORT,
+        "reduction=AUTO_FALLBACK_REDUCTION or job.check_reduction,",
+        "reduction=True,",
+        ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_plain_search_unless_the_reduction_is_checked"],
+    ),
+    (
+        "X27 --check-reduction checks the plain search against itself",
+        REPORT,
+        "reduction=AUTO_FALLBACK_REDUCTION or job.check_reduction,",
+        "reduction=AUTO_FALLBACK_REDUCTION,",
+        ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_plain_search_unless_the_reduction_is_checked"],
+    ),
+]
+
 
 def main() -> int:
     only = sys.argv[1:]
