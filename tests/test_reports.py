@@ -329,6 +329,15 @@ def test_show_finds_the_simulated_kernels_functions(capsys: pytest.CaptureFixtur
     assert rc == 0 and f"def {name}(" in out and "the simulated kernel" in out
 
 
+def test_show_names_the_level_that_defines_a_double_underscore_function(capsys: pytest.CaptureFixture[str]) -> None:
+    # The level hook copies these into every later level's class; the header still names the
+    # patch whose module holds the function (it had named the level asked for).
+    rc, out, _ = cli(capsys, "show", "p5", "__vfio_group_get_from_iommu")
+    assert rc == 0 and out.startswith("# __vfio_group_get_from_iommu at p5: defined by p2 (")
+    rc, out, _ = cli(capsys, "show", "p4", "__vfio_register_dev")
+    assert rc == 0 and out.startswith("# __vfio_register_dev at p4: defined by base (")
+
+
 def test_show_an_ablation_and_the_review_fix(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = cli(capsys, "show", "p5", "vfio_group_try_get", "--ablation", "open_refcount_inc")
     assert rc == 0 and "refcount_inc(group.users)" in out and "OpenRefcountInc" in out

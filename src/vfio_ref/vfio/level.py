@@ -137,6 +137,11 @@ class Level:
                 # classmethods here are the level's own bookkeeping.
                 if not inspect.isfunction(fn) or getattr(fn, "_removed_by", None):
                     return None
+                if name.startswith("__"):
+                    # The hook above copies a "__" function into every later level's class;
+                    # it is defined by the level whose class its source is in.
+                    owner = fn.__qualname__.split(".")[0]
+                    c = next((k for k in cls.__mro__ if k.__name__ == owner), c)
                 return c, fn
         return None
 
