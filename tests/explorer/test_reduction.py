@@ -61,11 +61,11 @@ def test_two_thread_programs_agree_at_every_bound_and_unbounded(spec: Spec) -> N
         _check(spec, bound)
 
 
-@settings(
-    max_examples=EXAMPLES // 2,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+# Three threads: half as many examples.
+_SETTINGS_3 = settings(_SETTINGS, max_examples=EXAMPLES // 2)
+
+
+@_SETTINGS_3
 @given(strategy(threads=3, max_ops=2))
 def test_three_thread_programs_agree_at_every_bound_and_unbounded(spec: Spec) -> None:
     for bound in (0, 1, 2, None):
@@ -82,11 +82,7 @@ def test_a_higher_bound_never_loses_an_outcome(spec: Spec) -> None:
         seen = now
 
 
-@settings(
-    max_examples=EXAMPLES // 2,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@_SETTINGS_3
 @given(strategy(threads=3, max_ops=3))
 def test_at_one_preemption_the_restricted_sleep_sets_prune_nothing(spec: Spec) -> None:
     """What the report's choice of the plain search for its bounded fallback rests on
