@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
 
-from vfio_ref.explorer import ScheduleMismatch, explore, parse_schedule, render_swimlanes, replay_findings
+from vfio_ref.explorer import (
+    FindingId,
+    Outcome,
+    ScheduleMismatch,
+    explore,
+    parse_schedule,
+    render_swimlanes,
+    replay_findings,
+)
 from vfio_ref.explorer.strategy import format_schedule
 
 from .toys import (
@@ -200,3 +209,18 @@ def test_every_outcome_is_kept_with_its_return_codes() -> None:
     ex = explore(program, judge_lost_update, bound=None)
     assert sorted(r["v"] for r in ex.returns()) == [[1], [2]]
     assert sum(i.count for i in ex.outcomes.values()) == ex.stats.distinct
+
+
+def test_an_outcome_prints_its_findings_in_sorted_order_whatever_the_sets_order() -> None:
+    # A split search unpickles outcomes built in a worker; a frozenset's iteration order
+    # follows its insertion history, so an unsorted repr printed two equal outcomes apart.
+    idents = [FindingId("warn", f"f{i:02}", "x") for i in range(40)]
+    shuffled = idents[::-1]
+    a = Outcome((), frozenset(idents))
+    b = Outcome((), frozenset(shuffled))
+    assert a == b
+    text = repr(a)
+    assert text == repr(b) == repr(pickle.loads(pickle.dumps(b)))
+    positions = [text.index(f"function='{f.function}'") for f in idents]
+    assert positions == sorted(positions)
+    assert text.startswith("Outcome(observations=(), findings={FindingId(kind='warn', function='f00'")

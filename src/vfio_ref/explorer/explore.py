@@ -169,6 +169,12 @@ class Outcome:
     def returns(self) -> dict[str, list[int]]:
         return {k: list(v) for k, v in self.observations}
 
+    def __repr__(self) -> str:
+        # The findings in sorted order: a frozenset's own order follows its insertion
+        # history, so two equal outcomes (one unpickled from a worker) could print apart.
+        found = ", ".join(repr(f) for f in sorted(self.findings))
+        return f"Outcome(observations={self.observations!r}, findings={{{found}}}, state={self.state!r})"
+
 
 @dataclass
 class OutcomeInfo:
