@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from ..kernel.core import ALL_CAPS, Kernel
 from .dfs import DfsStrategy
 from .dpor import DporStrategy
+from .garbage import collect_garbage, collecting_between_executions
 from .pct import PctStrategy
 from .replay import ReplayStrategy
 from .scheduler import (
@@ -504,20 +505,25 @@ def _search(
     outcome_of: OutcomeOf,
     progress: _Ticks | None,
 ) -> tuple[Stats, _Collector]:
-    """The one loop: executions until the strategy is done, the cap, or Ctrl-C."""
+    """The one loop: executions until the strategy is done, the cap, or Ctrl-C (Python's
+    cyclic garbage collector runs between executions, not inside them: garbage.py)."""
     stats = Stats(space=strategy.describe(), bound=bound, max_schedules=max_schedules)
     stats.sampled = isinstance(strategy, PctStrategy)
     col = _Collector(outcome_of)
     t0 = time.perf_counter()
     try:
-        while strategy.new_execution():
-            if max_schedules is not None and stats.schedules >= max_schedules:
-                stats.capped = True
-                break
-            res = run_once(program, judge, strategy, kernel_factory=kernel_factory, max_steps=max_steps)
-            _account(stats, col, res)
-            if progress is not None:
-                progress.tick(stats.schedules, len(col.by_id))
+        with collecting_between_executions() as collect:
+            while strategy.new_execution():
+                if max_schedules is not None and stats.schedules >= max_schedules:
+                    stats.capped = True
+                    break
+                res = run_once(program, judge, strategy, kernel_factory=kernel_factory, max_steps=max_steps)
+                _account(stats, col, res)
+                del res  # the execution's kernel is garbage now
+                if collect:
+                    collect_garbage()
+                if progress is not None:
+                    progress.tick(stats.schedules, len(col.by_id))
     except KeyboardInterrupt:
         stats.interrupted = True
     stats.complete = strategy.complete and not stats.capped and not stats.interrupted and not stats.sampled
