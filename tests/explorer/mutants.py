@@ -36,6 +36,8 @@ PAR = "src/vfio_ref/explorer/parallel.py"
 REPORT = "src/vfio_ref/report.py"
 LOCKDEP = "src/vfio_ref/kernel/lockdep.py"
 TPAR = "tests/explorer/test_parallel.py"
+GARB = "src/vfio_ref/explorer/garbage.py"
+TGARB = "tests/explorer/test_garbage.py"
 
 M: list[Mutant] = [
     (
@@ -282,6 +284,48 @@ M += [
         "reduction=AUTO_FALLBACK_REDUCTION or job.check_reduction,",
         "reduction=AUTO_FALLBACK_REDUCTION,",
         ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_plain_search_unless_the_reduction_is_checked"],
+    ),
+    (
+        "X28 the search loop keeps the execution alive while it collects",
+        EXPL,
+        "                del res  # the execution's kernel is garbage now\n",
+        "",
+        [TGARB],
+    ),
+    (
+        "X29 the collector's thresholds are never given back after a search",
+        GARB,
+        "            if _holders == 0 and _active:\n                gc.set_threshold(*_saved)\n",
+        "            pass\n",
+        [TGARB],
+    ),
+    (
+        "X30 the first search to end gives the thresholds back while another still runs",
+        GARB,
+        "            if _holders == 0 and _active:\n",
+        "            if _active:\n",
+        [TGARB],
+    ),
+    (
+        "X33 the collector still runs every 700 allocations inside an execution",
+        GARB,
+        "                gc.set_threshold(INSIDE_THRESHOLD, _saved[1], _saved[2])\n",
+        "                pass\n",
+        [TGARB],
+    ),
+    (
+        "X31 the oldest generation is never collected between executions",
+        GARB,
+        "        if gc.get_count()[2] >= t2:\n",
+        "        if False:\n",
+        [TGARB],
+    ),
+    (
+        "X32 the outcome's findings print in the set's order",
+        EXPL,
+        "in sorted(self.findings))",
+        "in self.findings)",
+        [EXP],
     ),
 ]
 

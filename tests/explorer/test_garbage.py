@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from vfio_ref.explorer import Execution, explore
-from vfio_ref.explorer.garbage import collect_garbage, collecting_between_executions
+from vfio_ref.explorer.garbage import INSIDE_THRESHOLD, collect_garbage, collecting_between_executions
 from vfio_ref.kernel import Mutex
 
 from .toys import nothing
@@ -30,7 +30,7 @@ def _program_watching_the_collector(seen: dict[str, Any]) -> Any:
 
     def program(ctx: Execution) -> None:
         seen["executions"] += 1
-        seen["enabled_inside"].append(gc.isenabled())
+        seen["threshold_inside"].append(gc.get_threshold()[0])
         refs = seen.setdefault("cycles", [])
         seen["earlier_alive"].append(sum(r() is not None for r in refs))
         c = _Cycle()
@@ -53,7 +53,7 @@ def _program_watching_the_collector(seen: dict[str, Any]) -> Any:
 def test_no_collection_runs_inside_an_execution_and_each_executions_cycles_are_freed_before_the_next(
     bound: int | None, reduction: bool
 ) -> None:
-    seen: dict[str, Any] = {"executions": 0, "enabled_inside": [], "earlier_alive": []}
+    seen: dict[str, Any] = {"executions": 0, "threshold_inside": [], "earlier_alive": []}
     collections_inside: list[int] = []
 
     def watch(phase: str, info: dict[str, int]) -> None:
@@ -70,24 +70,25 @@ def test_no_collection_runs_inside_an_execution_and_each_executions_cycles_are_f
             seen["running"] = False
 
     assert gc.isenabled()
+    before = gc.get_threshold()
     gc.callbacks.append(watch)
     try:
         ex = explore(running, nothing, bound=bound, reduction=reduction, traces=False, shrink=False)
     finally:
         gc.callbacks.remove(watch)
     assert ex.stats.complete and seen["executions"] == ex.stats.schedules > 1
-    assert seen["enabled_inside"] == [False] * seen["executions"]
+    assert seen["threshold_inside"] == [INSIDE_THRESHOLD] * seen["executions"]
     assert collections_inside == []
     # Freed before the next execution begins: at most one earlier execution is still alive,
     # whose thread body the greenlet library keeps from its last switch (in C, out of the
     # collector's sight) until the next switch of that greenlet.
     assert seen["earlier_alive"][0] == 0
     assert max(seen["earlier_alive"]) <= 1
-    assert gc.isenabled()  # given back as it was
+    assert gc.isenabled() and gc.get_threshold() == before  # given back as it was
 
 
 def test_a_collector_the_caller_turned_off_stays_off_and_collects_nothing() -> None:
-    seen: dict[str, Any] = {"executions": 0, "enabled_inside": [], "earlier_alive": []}
+    seen: dict[str, Any] = {"executions": 0, "threshold_inside": [], "earlier_alive": []}
     runs: list[int] = []
 
     def watch(phase: str, info: dict[str, int]) -> None:
@@ -109,25 +110,26 @@ def test_a_collector_the_caller_turned_off_stays_off_and_collects_nothing() -> N
     assert seen["earlier_alive"] == list(range(seen["executions"]))
 
 
-def test_the_collector_comes_back_on_only_when_the_last_of_several_concurrent_searches_ends() -> None:
-    # A Dask worker runs parts of searches on threads: each holds the collector off.
-    assert gc.isenabled()
+def test_the_thresholds_come_back_only_when_the_last_of_several_concurrent_searches_ends() -> None:
+    # A Dask worker runs parts of searches on threads: each holds the threshold up.
+    before = gc.get_threshold()
+    assert before[0] < INSIDE_THRESHOLD
     first, second = collecting_between_executions(), collecting_between_executions()
     assert first.__enter__() is True
-    assert not gc.isenabled()
+    assert gc.get_threshold() == (INSIDE_THRESHOLD, *before[1:])
     assert second.__enter__() is True
     first.__exit__(None, None, None)
-    assert not gc.isenabled()
+    assert gc.get_threshold()[0] == INSIDE_THRESHOLD
     second.__exit__(None, None, None)
-    assert gc.isenabled()
+    assert gc.get_threshold() == before
 
     barrier = threading.Barrier(2)
-    states: list[bool] = []
+    states: list[int] = []
 
     def search() -> None:
         with collecting_between_executions():
             barrier.wait()
-            states.append(gc.isenabled())
+            states.append(gc.get_threshold()[0])
             barrier.wait()
 
     threads = [threading.Thread(target=search) for _ in range(2)]
@@ -135,7 +137,38 @@ def test_the_collector_comes_back_on_only_when_the_last_of_several_concurrent_se
         t.start()
     for t in threads:
         t.join()
-    assert states == [False, False] and gc.isenabled()
+    assert states == [INSIDE_THRESHOLD] * 2 and gc.get_threshold() == before
+
+
+def test_a_collector_turned_off_by_a_zero_threshold_stays_off() -> None:
+    old = gc.get_threshold()
+    gc.set_threshold(0)
+    try:
+        with collecting_between_executions() as collect:
+            assert collect is False and gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*old)
+
+
+def test_a_runaway_execution_is_still_collected_inside() -> None:
+    # Past INSIDE_THRESHOLD allocations the interpreter collects, as it would at 700.
+    generations: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(watch)
+    try:
+        with collecting_between_executions():
+            garbage = [_Cycle() for _ in range(INSIDE_THRESHOLD // 2)]
+            assert generations == []
+            garbage += [_Cycle() for _ in range(INSIDE_THRESHOLD)]
+            assert generations != []
+    finally:
+        gc.callbacks.remove(watch)
 
 
 def test_older_generations_are_collected_as_the_interpreters_thresholds_say() -> None:

@@ -10,12 +10,12 @@ older generations, whose collections then walk them again.  Measured on the base
 collector took 1.24-1.28 s of a 7.96-7.98 s search; collected once after each execution
 instead, 0.61 s of 7.19-7.21 s, with the same peak memory.
 
-:func:`collecting_between_executions` turns the automatic collector off for a search (the
-search loop's ``with``) and :func:`collect_garbage` (once after each execution) collects the
-young generation, and the older ones when the interpreter's own thresholds say so, so that
-garbage that outlives an execution (the reduction keeps the last execution's steps) is still
-freed.  Nothing in the model depends on when garbage is collected (it has no finalisers and
-no weak references).
+:func:`collecting_between_executions` raises the young generation's threshold for a search
+(the search loop's ``with``) far above what an execution allocates, and
+:func:`collect_garbage` (once after each execution) collects the young generation, and the
+older ones when the interpreter's own thresholds say so, so that garbage that outlives an
+execution (the reduction keeps the last execution's steps) is still freed.  Nothing in the
+model depends on when garbage is collected (it has no finalisers and no weak references).
 
 Complexity: collect_garbage walks what was allocated since the last call and is still alive
 or cyclic garbage, O(objects of one execution); every ``threshold1`` calls also the middle
@@ -30,37 +30,47 @@ import gc
 import threading
 from collections.abc import Iterator
 
+# Inside an execution the young generation is collected only past this many allocations: far
+# more than a catalogue execution makes (at most 12,196 at the base or p5, reduced or not),
+# so that none is collected in the middle, while a runaway one (a livelock running to
+# max_steps) still has its garbage collected as it goes.
+INSIDE_THRESHOLD = 200_000
+
 _lock = threading.Lock()
 _holders = 0  # searches running in this process (a Dask worker runs parts on threads)
-_was_enabled = False  # the collector's state before the first of them began
+_saved: tuple[int, int, int] = (700, 10, 10)  # the thresholds before the first of them began
+_active = False  # whether the collector was on then
 
 
 @contextlib.contextmanager
 def collecting_between_executions() -> Iterator[bool]:
-    """Turn automatic collection off for the searches inside; the last one to leave turns
-    it back on if it was on when the first began.  Yields whether collect_garbage should
-    collect at all (False when the collector was off already: the caller's choice stands)."""
-    global _holders, _was_enabled
+    """Raise the young generation's threshold to INSIDE_THRESHOLD for the searches inside;
+    the last one to leave puts the thresholds back.  Yields whether collect_garbage should
+    collect at all (False when the collector is off: the caller's choice stands)."""
+    global _holders, _saved, _active
     with _lock:
         if _holders == 0:
-            _was_enabled = gc.isenabled()
+            _saved = gc.get_threshold()
+            _active = gc.isenabled() and _saved[0] > 0
+            if _active:
+                gc.set_threshold(INSIDE_THRESHOLD, _saved[1], _saved[2])
         _holders += 1
-        active = _was_enabled
-        gc.disable()
+        active = _active
     try:
         yield active
     finally:
         with _lock:
             _holders -= 1
-            if _holders == 0 and _was_enabled:
-                gc.enable()
+            if _holders == 0 and _active:
+                gc.set_threshold(*_saved)
 
 
 def collect_garbage() -> None:
     """Between two executions: the young generation always, the middle one once it has
     been through ``threshold1`` young collections, the oldest once the middle one has been
-    through ``threshold2`` (``gc.get_threshold()``; a threshold of 0 collects it every time)."""
-    _, t1, t2 = gc.get_threshold()
+    through ``threshold2`` (the interpreter's thresholds when the search began; 0 collects
+    that generation every time)."""
+    _, t1, t2 = _saved
     gc.collect(0)
     if gc.get_count()[1] >= t1:
         gc.collect(1)
