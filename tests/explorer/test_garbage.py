@@ -3,9 +3,11 @@ execution's garbage is gone before the next begins."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +17,22 @@ from vfio_ref.explorer.garbage import INSIDE_THRESHOLD, collect_garbage, collect
 from vfio_ref.kernel import Mutex
 
 from .toys import nothing
+
+
+@contextlib.contextmanager
+def _collections() -> Iterator[list[int]]:
+    """The generation of every collection that starts inside the block, in order."""
+    generations: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(watch)
+    try:
+        yield generations
+    finally:
+        gc.callbacks.remove(watch)
 
 
 class _Cycle:
@@ -54,31 +72,22 @@ def test_no_collection_runs_inside_an_execution_and_each_executions_cycles_are_f
     bound: int | None, reduction: bool
 ) -> None:
     seen: dict[str, Any] = {"executions": 0, "threshold_inside": [], "earlier_alive": []}
-    collections_inside: list[int] = []
-
-    def watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start" and seen.get("running"):
-            collections_inside.append(info["generation"])
-
     program = _program_watching_the_collector(seen)
-
-    def running(ctx: Execution) -> None:
-        seen["running"] = True
-        try:
-            program(ctx)
-        finally:
-            seen["running"] = False
-
+    inside: list[int] = []  # per execution, the collections that ran while it did
     assert gc.isenabled()
     before = gc.get_threshold()
-    gc.callbacks.append(watch)
-    try:
+    with _collections() as generations:
+
+        def running(ctx: Execution) -> None:
+            n = len(generations)
+            program(ctx)
+            inside.append(len(generations) - n)
+
         ex = explore(running, nothing, bound=bound, reduction=reduction, traces=False, shrink=False)
-    finally:
-        gc.callbacks.remove(watch)
     assert ex.stats.complete and seen["executions"] == ex.stats.schedules > 1
     assert seen["threshold_inside"] == [INSIDE_THRESHOLD] * seen["executions"]
-    assert collections_inside == []
+    assert inside == [0] * seen["executions"]
+    assert len(generations) >= seen["executions"]  # and one after each
     # Freed before the next execution begins: at most one earlier execution is still alive,
     # whose thread body the greenlet library keeps from its last switch (in C, out of the
     # collector's sight) until the next switch of that greenlet.
@@ -89,20 +98,13 @@ def test_no_collection_runs_inside_an_execution_and_each_executions_cycles_are_f
 
 def test_a_collector_the_caller_turned_off_stays_off_and_collects_nothing() -> None:
     seen: dict[str, Any] = {"executions": 0, "threshold_inside": [], "earlier_alive": []}
-    runs: list[int] = []
-
-    def watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            runs.append(info["generation"])
-
     gc.disable()
-    gc.callbacks.append(watch)
     try:
-        ex = explore(_program_watching_the_collector(seen), nothing, bound=2, reduction=False, traces=False,
-                     shrink=False)
+        with _collections() as runs:
+            ex = explore(_program_watching_the_collector(seen), nothing, bound=2, reduction=False, traces=False,
+                         shrink=False)
         assert not gc.isenabled()
     finally:
-        gc.callbacks.remove(watch)
         gc.enable()
     assert ex.stats.schedules == seen["executions"] > 1
     assert runs == []
@@ -153,41 +155,23 @@ def test_a_collector_turned_off_by_a_zero_threshold_stays_off() -> None:
 
 def test_a_runaway_execution_is_still_collected_inside() -> None:
     # Past INSIDE_THRESHOLD allocations the interpreter collects, as it would at 700.
-    generations: list[int] = []
-
-    def watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            generations.append(info["generation"])
-
     gc.collect()
-    gc.callbacks.append(watch)
-    try:
-        with collecting_between_executions():
-            garbage = [_Cycle() for _ in range(INSIDE_THRESHOLD // 2)]
-            assert generations == []
-            garbage += [_Cycle() for _ in range(INSIDE_THRESHOLD)]
-            assert generations != []
-    finally:
-        gc.callbacks.remove(watch)
+    with _collections() as generations, collecting_between_executions():
+        garbage = [_Cycle() for _ in range(INSIDE_THRESHOLD // 2)]
+        assert generations == []
+        garbage += [_Cycle() for _ in range(INSIDE_THRESHOLD)]
+        assert generations != []
 
 
 def test_older_generations_are_collected_as_the_interpreters_thresholds_say() -> None:
-    generations: list[int] = []
-
-    def watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            generations.append(info["generation"])
-
     old = gc.get_threshold()
     gc.set_threshold(700, 3, 2)
     gc.collect()
-    gc.callbacks.append(watch)
     try:
-        with collecting_between_executions():
+        with _collections() as generations, collecting_between_executions():
             for _ in range(12):
                 collect_garbage()
     finally:
-        gc.callbacks.remove(watch)
         gc.set_threshold(*old)
     # Every call the young generation; every 3rd the middle one too; every 6th all three.
     assert generations == [0, 0, 0, 1, 0, 0, 0, 1, 2] * 2
