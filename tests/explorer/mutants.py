@@ -327,6 +327,13 @@ M += [
         "in self.findings)",
         [EXP],
     ),
+    (
+        "X34 a split search merges its parts in the reverse of the search's order",
+        PAR,
+        "parts = [futures[i].result() for i in range(len(units))]",
+        "parts = [futures[i].result() for i in reversed(range(len(units)))]",
+        [TPAR + "::test_a_split_search_of_a_generated_program_is_the_serial_one"],
+    ),
 ]
 
 

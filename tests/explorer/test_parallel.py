@@ -7,6 +7,7 @@ import pathlib
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from vfio_ref.explorer import Exploration, explore
 from vfio_ref.report import build_report
@@ -14,7 +15,10 @@ from vfio_ref.scenarios import run
 from vfio_ref.scenarios.catalogue import SCENARIOS
 from vfio_ref.scenarios.harness import judge_execution, make_program
 
+from .programs import Spec, judge, program_of, strategy
 from .toys import ab_ba, judge_all, locked_steps, nothing
+
+LONG = os.environ.get("VFIO_REF_LONG") == "1"
 
 
 def signature(ex: Exploration) -> tuple[Any, ...]:
@@ -47,6 +51,45 @@ def test_a_split_search_of_a_scenario_is_the_serial_one_findings_and_schedules_i
     split = explore(program, judge_execution, bound=1, traces=False, jobs=2)
     assert serial.kinds() == ["leak"]
     assert signature(split) == signature(serial)
+
+
+# Generated programs (tests/explorer/programs.py), which the catalogue does not have: the
+# split search must be the serial one on them too, outcome by outcome.
+_GENERATED = settings(
+    max_examples=60 if LONG else 12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def _same_search(split: Exploration, serial: Exploration, spec: Spec) -> None:
+    for ex in (split, serial):
+        assert ex.stats.complete, spec
+    assert (split.stats.schedules, split.stats.distinct, split.stats.redundant) == (
+        serial.stats.schedules, serial.stats.distinct, serial.stats.redundant), spec
+    assert {o: (i.count, i.schedule) for o, i in split.outcomes.items()} == {
+        o: (i.count, i.schedule) for o, i in serial.outcomes.items()}, spec
+    assert [(f.ident, f.schedule, f.count) for f in split.findings] == [
+        (f.ident, f.schedule, f.count) for f in serial.findings], spec
+    assert split.stats.jobs == 2
+
+
+@_GENERATED
+@given(strategy(threads=2, max_ops=3))
+def test_a_split_search_of_a_generated_program_is_the_serial_one(spec: Spec) -> None:
+    program = program_of(spec)
+    for bound, reduction in ((1, False), (2, True), (None, False)):
+        kw: dict[str, Any] = dict(bound=bound, reduction=reduction, traces=False, shrink=False, max_schedules=None)
+        _same_search(explore(program, judge, jobs=2, **kw), explore(program, judge, **kw), spec)
+
+
+@settings(_GENERATED, max_examples=_GENERATED.max_examples // 2)
+@given(strategy(threads=3, max_ops=2))
+def test_a_split_search_of_a_generated_three_thread_program_is_the_serial_one(spec: Spec) -> None:
+    program = program_of(spec)
+    for bound, reduction in ((1, False), (2, True)):
+        kw: dict[str, Any] = dict(bound=bound, reduction=reduction, traces=False, shrink=False, max_schedules=None)
+        _same_search(explore(program, judge, jobs=2, **kw), explore(program, judge, **kw), spec)
 
 
 def test_a_capped_split_search_is_the_serial_capped_one() -> None:
