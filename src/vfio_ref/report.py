@@ -8,8 +8,8 @@ What each cell searched is stated, never implied.  With ``bound="auto"`` (the de
 is searched up to AUTO_FALLBACK_BOUND preemption(s) (the plain depth-first search), then with
 no preemption bound (source-DPOR) within a budget of as many schedules as the bounded search
 took (at most AUTO_BUDGET); when the unbounded search finishes, the cell shows it, and
-otherwise the cell shows the bounded one, marked ``*``.  So the unbounded attempt never costs more than the
-bounded search did.  (The sound searches are expensive: the base's deferred put runs on a
+otherwise the cell shows the bounded one, marked ``*``.  So the unbounded attempt never
+costs more than the bounded search did.  (The sound searches are expensive: the base's deferred put runs on a
 kworker, a third thread in every scenario; docs/EXPLORER.md has the measured table.)
 
 A cell whose search did not exhaust its space reads ``incomplete`` (or its finding kinds
