@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from vfio_ref.explorer import Execution, RawFinding
@@ -275,3 +276,11 @@ PROGRAMS: dict[str, Spec] = {
     # Free against use, through plain member reads only.
     "free_vs_use": Spec(((("free",),), (("use",), ("read", 0)))),
 }
+
+
+def generated_settings(examples: int) -> settings:
+    """Hypothesis settings for tests over generated programs: ``examples`` of them, no
+    deadline (a search's time varies with the program), none refused for being slow or big."""
+    return settings(
+        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from vfio_ref.explorer import Exploration, explore
 from vfio_ref.report import build_report
@@ -15,7 +16,7 @@ from vfio_ref.scenarios import run
 from vfio_ref.scenarios.catalogue import SCENARIOS
 from vfio_ref.scenarios.harness import judge_execution, make_program
 
-from .programs import Spec, judge, program_of, strategy
+from .programs import Spec, generated_settings, judge, program_of, strategy
 from .toys import ab_ba, judge_all, locked_steps, nothing
 
 LONG = os.environ.get("VFIO_REF_LONG") == "1"
@@ -55,34 +56,28 @@ def test_a_split_search_of_a_scenario_is_the_serial_one_findings_and_schedules_i
 
 # Generated programs (tests/explorer/programs.py), which the catalogue does not have: the
 # split search must be the serial one on them too, outcome by outcome.
-_GENERATED = settings(
-    max_examples=60 if LONG else 12,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+EXAMPLES = 60 if LONG else 12
 
 
-def _same_search(split: Exploration, serial: Exploration, spec: Spec) -> None:
-    assert serial.stats.complete and split.stats.jobs == 2, spec
-    assert signature(split) == signature(serial), spec
+def _split_is_serial(spec: Spec, spaces: Sequence[tuple[int | None, bool]]) -> None:
+    program = program_of(spec)
+    for bound, reduction in spaces:
+        kw: dict[str, Any] = dict(bound=bound, reduction=reduction, traces=False, shrink=False, max_schedules=None)
+        split, serial = explore(program, judge, jobs=2, **kw), explore(program, judge, **kw)
+        assert serial.stats.complete and split.stats.jobs == 2, spec
+        assert signature(split) == signature(serial), spec
 
 
-@_GENERATED
+@generated_settings(EXAMPLES)
 @given(strategy(threads=2, max_ops=3))
 def test_a_split_search_of_a_generated_program_is_the_serial_one(spec: Spec) -> None:
-    program = program_of(spec)
-    for bound, reduction in ((1, False), (2, True), (None, False)):
-        kw: dict[str, Any] = dict(bound=bound, reduction=reduction, traces=False, shrink=False, max_schedules=None)
-        _same_search(explore(program, judge, jobs=2, **kw), explore(program, judge, **kw), spec)
+    _split_is_serial(spec, ((1, False), (2, True), (None, False)))
 
 
-@settings(_GENERATED, max_examples=_GENERATED.max_examples // 2)
+@generated_settings(EXAMPLES // 2)
 @given(strategy(threads=3, max_ops=2))
 def test_a_split_search_of_a_generated_three_thread_program_is_the_serial_one(spec: Spec) -> None:
-    program = program_of(spec)
-    for bound, reduction in ((1, False), (2, True)):
-        kw: dict[str, Any] = dict(bound=bound, reduction=reduction, traces=False, shrink=False, max_schedules=None)
-        _same_search(explore(program, judge, jobs=2, **kw), explore(program, judge, **kw), spec)
+    _split_is_serial(spec, ((1, False), (2, True)))
 
 
 def test_a_capped_split_search_is_the_serial_capped_one() -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from vfio_ref.explorer import Exploration, explore
 
-from .programs import PROGRAMS, Spec, judge, program_of, strategy
+from .programs import PROGRAMS, Spec, generated_settings, judge, program_of, strategy
 
 LONG = os.environ.get("VFIO_REF_LONG") == "1"
 EXAMPLES = 300 if LONG else 40
@@ -49,9 +49,7 @@ def test_the_reduced_search_sees_what_the_plain_search_sees_on_known_hard_progra
     _check(PROGRAMS[name], bound)
 
 
-_SETTINGS = settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+_SETTINGS = generated_settings(EXAMPLES)
 
 
 @_SETTINGS
@@ -62,7 +60,7 @@ def test_two_thread_programs_agree_at_every_bound_and_unbounded(spec: Spec) -> N
 
 
 # Three threads: half as many examples.
-_SETTINGS_3 = settings(_SETTINGS, max_examples=EXAMPLES // 2)
+_SETTINGS_3 = generated_settings(EXAMPLES // 2)
 
 
 @_SETTINGS_3
