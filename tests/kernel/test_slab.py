@@ -199,6 +199,39 @@ def test_the_container_back_pointer_of_a_freed_member_is_freed_memory_too(k: Ker
         lock.container = None  # writing it is one too
 
 
+class _AccessLog:
+    """Stands in for the explorer's recording scheduler: the member accesses reported."""
+
+    def __init__(self) -> None:
+        self.accesses: list[tuple[str, str, bool]] = []
+
+    def access(self, obj: object, field: str, write: bool) -> None:
+        self.accesses.append((type(obj).__name__, field, write))
+
+
+def test_freeing_a_watched_struct_reports_no_access_and_poisons_its_members(k: Kernel) -> None:
+    # Under the explorer's reductions structs are built as watched twins, whose member reads
+    # and writes are steps' accesses; kfree must go around them (its write of the whole
+    # object is reported once, by the scheduler's freed()), whereas plain structs are poisoned
+    # with ordinary attribute writes.
+    from vfio_ref.kernel import slab
+
+    g = slab.watched_class(VfioGroup)(k)
+    lock, users = g.group_lock, g.users
+    log = _AccessLog()
+    saved = slab.WATCH.report
+    slab.WATCH.report = log
+    try:
+        slab.poison(g, None)
+        assert log.accesses == []
+        assert is_freed(g) and is_freed(lock) and is_freed(users)
+        with pytest.raises(UseAfterFree):
+            _ = g.minor
+        assert log.accesses == [("FreedVfioGroup", "minor", False)]  # the faulting read is a step's
+    finally:
+        slab.WATCH.report = saved
+
+
 def test_fields_not_declared_embedded_are_separate_objects(k: Kernel) -> None:
     g = new_group(k)
     ud = vfio_iommu_group_notifier(k)

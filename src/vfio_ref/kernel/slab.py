@@ -305,14 +305,18 @@ def is_freed(obj: object) -> bool:
 _poisoned_set: set[type] = set()
 
 
-# Per struct type: its poisoned twin and the fields embedded in it (computed once).
-_poison_plans: dict[type, tuple[type, tuple[str, ...]]] = {}
+# Per struct type: its poisoned twin, the fields embedded in it, and whether ordinary attribute
+# reads and writes reach its members (computed once).
+_poison_plans: dict[type, tuple[type, tuple[str, ...], bool]] = {}
 
 
-def _poison_plan(cls: type) -> tuple[type, tuple[str, ...]]:
+def _poison_plan(cls: type) -> tuple[type, tuple[str, ...], bool]:
     pc = poisoned_class(cls)
     _poisoned_set.add(pc)
-    plan = _poison_plans[cls] = (pc, tuple(getattr(cls, "_embedded", ())))
+    # The explorer's watched twins report every member access: poisoning one goes around them.
+    c: Any = cls
+    plain = c.__getattribute__ is object.__getattribute__ and c.__setattr__ is object.__setattr__
+    plan = _poison_plans[cls] = (pc, tuple(getattr(cls, "_embedded", ())), plain)
     return plan
 
 
@@ -330,7 +334,11 @@ def embedded_members(obj: Any) -> list[Any]:
 
 def poison(obj: Any, info: FreeInfo | None) -> None:
     """Turn ``obj`` and everything embedded in it into freed memory (one loop over the
-    embedded members, no recursion: kfree's cost with KASAN on)."""
+    embedded members, no recursion: kfree's cost with KASAN on).
+
+    A struct of a plain class is poisoned with ordinary attribute writes: on CPython 3.11
+    ``o.__class__ = pc`` costs a third and ``o._poison = info`` a fifteenth of the same
+    write through ``object.__setattr__``, which only the explorer's watched twins need."""
     getfield = object.__getattribute__
     setfield = object.__setattr__
     plans = _poison_plans
@@ -343,13 +351,21 @@ def poison(obj: Any, info: FreeInfo | None) -> None:
             if cls in _poisoned_set:
                 continue
             plan = _poison_plan(cls)
-        pc, embedded = plan
-        for name in embedded:
-            inner = getfield(o, name)
-            if inner is not None and not isinstance(inner, (int, str, tuple)):
-                todo.append(inner)
-        setfield(o, "_poison", info)
-        setfield(o, "__class__", pc)
+        pc, embedded, plain = plan
+        if plain:
+            for name in embedded:
+                inner = getattr(o, name)
+                if inner is not None and not isinstance(inner, (int, str, tuple)):
+                    todo.append(inner)
+            o._poison = info
+            o.__class__ = pc
+        else:
+            for name in embedded:
+                inner = getfield(o, name)
+                if inner is not None and not isinstance(inner, (int, str, tuple)):
+                    todo.append(inner)
+            setfield(o, "_poison", info)
+            setfield(o, "__class__", pc)
 
 
 class Slab:
