@@ -106,9 +106,17 @@ def test_explore_splits_over_every_core_by_default_where_the_search_splits(
     assert [ln for ln in split.splitlines() if "Elapsed" not in ln] == [
         ln for ln in one.splitlines() if "Elapsed" not in ln
     ]
+    # A random sample splits too, into stretches of runs, with the same result.
+    sample = ("--random", "--seed", "3", "--runs", "30")
+    _, split, _ = cli(capsys, *base, *sample)
+    _, one, _ = cli(capsys, *base, *sample, "--jobs", "1")
+    assert next(ln for ln in split.splitlines() if "Elapsed" in ln).endswith("on 2 processes.")
+    assert [ln for ln in split.splitlines() if "Elapsed" not in ln] == [
+        ln for ln in one.splitlines() if "Elapsed" not in ln
+    ]
     # Searches that do not split run in one process when --jobs is not given (and are
     # refused when it is).
-    for extra in (("--bound", "none"), ("--random", "--runs", "3"), ("--coverage",)):
+    for extra in (("--bound", "none"), ("--replay", "-"), ("--coverage",)):
         rc, out, err = cli(capsys, *base, *extra)
         assert rc == 0 and err == "" and "processes" not in out, extra
 

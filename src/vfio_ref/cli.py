@@ -152,9 +152,9 @@ def _scenario_arg(text: str) -> Any:
 
 
 def _default_explore_jobs(args: argparse.Namespace) -> int:
-    """Every core for a search that splits (a depth-first search: bounded, or plain); one
-    process for the others (the unbounded reduced search, --random, --replay, fault_sweep),
-    for --coverage (it traces this process) and on a cluster."""
+    """Every core for a search that splits (a depth-first search: bounded, or plain; a
+    random sample); one process for the others (the unbounded reduced search, --replay,
+    fault_sweep), for --coverage (it traces this process) and on a cluster."""
     from .report import default_jobs
 
     if not _search_splits(args) or args.coverage or args.cluster is not None:
@@ -163,11 +163,13 @@ def _default_explore_jobs(args: argparse.Namespace) -> int:
 
 
 def _search_splits(args: argparse.Namespace) -> bool:
-    """Whether explore's search is one depth-first search (bounded, or plain), the kind
-    --jobs and --cluster split: not the unbounded reduced search, --random, --replay or
-    fault_sweep."""
+    """Whether explore's search is one depth-first search (bounded, or plain) or one random
+    sample, the kinds --jobs and --cluster split: not the unbounded reduced search, --replay
+    or fault_sweep."""
+    if args.random:
+        return bool(args.scenario != "fault_sweep")
     unbounded_reduced = args.bound is None and not args.no_reduction
-    return not (args.random or args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep")
+    return not (args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep")
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
@@ -618,8 +620,9 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
                 continue
             if not _search_splits(args):
                 _refuse(
-                    f"--{opt} splits one depth-first search (a bound, or --no-reduction): the unbounded reduced "
-                    "search, --random, --replay and fault_sweep run in one process (report --jobs splits cells)"
+                    f"--{opt} splits one depth-first search (a bound, or --no-reduction) or one --random sample: "
+                    "the unbounded reduced search, --replay and fault_sweep run in one process "
+                    "(report --jobs splits cells)"
                 )
         if args.include_unreachable and args.scenario != "fault_sweep":
             _refuse("--include-unreachable applies to fault_sweep only: it adds failure points to the sweep")

@@ -37,6 +37,7 @@ REPORT = "src/vfio_ref/report.py"
 LOCKDEP = "src/vfio_ref/kernel/lockdep.py"
 TPAR = "tests/explorer/test_parallel.py"
 GARB = "src/vfio_ref/explorer/garbage.py"
+PCT = "src/vfio_ref/explorer/pct.py"
 TGARB = "tests/explorer/test_garbage.py"
 
 M: list[Mutant] = [
@@ -333,6 +334,21 @@ M += [
         "parts = [futures[i].result() for i in range(len(units))]",
         "parts = [futures[i].result() for i in reversed(range(len(units)))]",
         [TPAR + "::test_a_split_search_of_a_generated_program_is_the_serial_one"],
+    ),
+    (
+        "X35 a part of a split sample skips one number too many of the seed's generator",
+        PCT,
+        "for _ in range(start - 2):",
+        "for _ in range(start - 1):",
+        [TPAR + "::test_a_split_sample_of_a_generated_program_is_the_serial_one"],
+    ),
+    (
+        "X36 a split sample's parts leave out the last run",
+        PCT,
+        "ends = [*starts[1:], self.runs + 1] if starts else []",
+        "ends = [*starts[1:], self.runs] if starts else []",
+        [EXP + "::test_a_sample_splits_into_stretches_that_cover_every_run_after_the_first_once",
+         TPAR + "::test_a_split_sample_of_a_toy_is_the_serial_one"],
     ),
 ]
 

@@ -129,6 +129,30 @@ def test_random_mode_is_reproducible_from_its_seed() -> None:
     assert "sampled" in a.stats.verdict_line() and "exhausted" not in a.stats.verdict_line()
 
 
+@pytest.mark.parametrize("runs", [2, 3, 32, 33, 34, 200])
+def test_a_sample_splits_into_stretches_that_cover_every_run_after_the_first_once(runs: int) -> None:
+    from vfio_ref.explorer.pct import PARTS, PctStrategy
+
+    parts = PctStrategy(0, runs, 3).subtrees()
+    assert [r for a, b in parts for r in range(a, b + 1)] == list(range(2, runs + 1))
+    assert len(parts) == min(runs - 1, PARTS) and all(a <= b for a, b in parts)
+
+
+def test_a_part_of_a_sample_is_refused_by_another_sample_or_outside_its_runs() -> None:
+    from vfio_ref.explorer.pct import PctStrategy
+
+    first = PctStrategy(7, 10, 3)
+    with pytest.raises(ValueError, match="past its first run"):
+        PctStrategy(7, 10, 3).restrict(first, 2, 5)  # first has not made its first run yet
+    first.new_execution()
+    first._run = 1  # as after the first run
+    with pytest.raises(ValueError, match="cannot be made by random \\(PCT\\) sampling, seed 8"):
+        PctStrategy(8, 10, 3).restrict(first, 2, 5)
+    for start, last in ((1, 5), (5, 4), (2, 11)):
+        with pytest.raises(ValueError, match=f"runs {start}..{last} are not a part of a 10-run sample"):
+            PctStrategy(7, 10, 3).restrict(first, start, last)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -111,6 +111,46 @@ def test_a_capped_split_search_stops_its_parts_once_they_pass_the_cap(tmp_path: 
     assert len(marks.read_text()) <= 1 + (20 + 2) + 20
 
 
+# -- a random (PCT) sample, split into stretches of runs ---------------------------------------
+
+
+@pytest.mark.parametrize("runs", [1, 2, 3, 34, 101])
+@pytest.mark.parametrize("toy", ["ab_ba", "locked_steps"])
+def test_a_split_sample_of_a_toy_is_the_serial_one(toy: str, runs: int) -> None:
+    # 34 and 101 runs: more runs than parts (33 left after the first run fill 32 parts, one
+    # of two runs; 100 fill 32 parts of three or four).
+    program, judge = (ab_ba, judge_all) if toy == "ab_ba" else (locked_steps(6), nothing)
+    kw: dict[str, Any] = dict(random=True, seed=7, runs=runs, traces=False, shrink=False)
+    serial, split = explore(program, judge, **kw), explore(program, judge, jobs=2, **kw)
+    assert signature(split) == signature(serial)
+    assert split.stats.jobs == 2 and split.stats.sampled and not split.stats.complete
+    assert split.stats.space == serial.stats.space and split.stats.seed == 7
+
+
+def test_a_split_sample_of_a_scenario_is_the_serial_one_findings_and_schedules_included() -> None:
+    serial = run("create_race", "base", random=True, seed=3, runs=40, traces=False)
+    split = run("create_race", "base", random=True, seed=3, runs=40, traces=False, jobs=2)
+    assert serial.kinds() == ["leak"] and not serial.complete
+    assert [(f.ident, f.schedule, f.count) for f in split.findings] == [
+        (f.ident, f.schedule, f.count) for f in serial.findings
+    ]
+    assert split.stats[0].schedules == serial.stats[0].schedules == 40 and not split.complete
+
+
+@generated_settings(EXAMPLES)
+@given(strategy(threads=3, max_ops=3))
+def test_a_split_sample_of_a_generated_program_is_the_serial_one(spec: Spec) -> None:
+    program = program_of(spec)
+    kw: dict[str, Any] = dict(random=True, seed=len(repr(spec)), runs=40, traces=False, shrink=False)
+    assert signature(explore(program, judge, jobs=2, **kw)) == signature(explore(program, judge, **kw)), spec
+
+
+def test_a_capped_split_sample_is_the_serial_capped_one() -> None:
+    kw: dict[str, Any] = dict(random=True, seed=5, runs=60, max_schedules=10, traces=False, shrink=False)
+    serial, split = explore(locked_steps(6), nothing, **kw), explore(locked_steps(6), nothing, jobs=2, **kw)
+    assert signature(split) == signature(serial) and serial.stats.schedules == 10
+
+
 def test_the_report_on_two_processes_is_the_one_on_one() -> None:
     args: dict[str, Any] = {"scenarios": ["lifecycle", "open_vs_last_put"], "levels": ["p1", "p5"]}
     one = build_report(**args, jobs=1)
@@ -156,6 +196,15 @@ def test_a_search_on_a_cluster_is_the_serial_one(cluster: Any) -> None:
         (f.ident, f.schedule, f.count) for f in serial.findings
     ]
     assert remote.stats[0].schedules == serial.stats[0].schedules and remote.complete
+
+
+def test_a_sample_on_a_cluster_is_the_serial_one(cluster: Any) -> None:
+    serial = run("create_race", "base", random=True, seed=3, runs=30, traces=False)
+    remote = run("create_race", "base", random=True, seed=3, runs=30, traces=False, cluster=cluster.scheduler_address)
+    assert [(f.ident, f.schedule, f.count) for f in remote.findings] == [
+        (f.ident, f.schedule, f.count) for f in serial.findings
+    ]
+    assert remote.stats[0].schedules == 30 and remote.stats[0].sampled and not remote.complete
 
 
 def test_the_report_on_a_cluster_is_the_local_one(cluster: Any) -> None:

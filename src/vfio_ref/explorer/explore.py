@@ -30,6 +30,7 @@ in their first line, and ``Exploration.complete`` is False.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -559,10 +560,10 @@ def explore(
     """Explore ``program``'s interleavings and return every distinct finding and outcome
     (see the module docstring).  ``mode="random"`` is the same as ``random=True``.
 
-    ``jobs`` > 1 splits a depth-first search over that many processes (parallel.py), with the
-    same result; ``cluster`` (a Dask scheduler's address) sends the parts there instead, the
-    program named by ``program_spec`` (a parallel.ProgramSpec); the other strategies run in
-    this process."""
+    ``jobs`` > 1 splits a depth-first search, or a random sample, over that many processes
+    (parallel.py), with the same result; ``cluster`` (a Dask scheduler's address) sends the
+    parts there instead, the program named by ``program_spec`` (a parallel.ProgramSpec); the
+    other strategies (source-DPOR, a replay) run in this process."""
     if mode is not None:
         if mode not in ("dfs", "random"):
             raise ValueError(f"explore mode {mode!r}: expected 'dfs' or 'random'")
@@ -577,14 +578,16 @@ def explore(
     t0 = time.perf_counter()
     prog = _Progress(progress, label)
     split = None
-    if (jobs > 1 or cluster is not None) and isinstance(strategy, DfsStrategy):
+    if (jobs > 1 or cluster is not None) and isinstance(strategy, (DfsStrategy, PctStrategy)):
         from .parallel import search_parallel
 
         split = search_parallel(
             program,
             judge,
-            bound=bound,
-            reduction=reduction,
+            make=functools.partial(
+                make_strategy, bound=bound, reduction=reduction, random=random, seed=seed, runs=runs, depth=depth
+            ),  # type: ignore[arg-type]  # a DfsStrategy or a PctStrategy, as the test above says
+            bound=None if random else bound,
             jobs=jobs,
             max_schedules=max_schedules,
             kernel_factory=kernel_factory,

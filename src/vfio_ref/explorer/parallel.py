@@ -8,9 +8,13 @@ from scratch if the pool hands it out again), and their results are merged in th
 serial search takes them: the same schedule count, the same outcomes with the same counts,
 the same findings with the same first schedule.
 
-Only the depth-first strategies split this way.  Source-DPOR (``bound=None`` with the
-reduction) adds backtrack points to nodes above the subtree it is in, so its parts are not
-independent: it runs in one process (``--jobs`` then parallelises the report's cells).
+A PCT sample (``random=True``) splits the same way: its parts are stretches of consecutive
+runs, each made exactly as the whole sample makes them (pct.py), merged in run order.
+
+Only these two strategies split (they are :class:`Splittable`).  Source-DPOR
+(``bound=None`` with the reduction) adds backtrack points to nodes above the subtree it is
+in, so its parts are not independent: it runs in one process (``--jobs`` then parallelises
+the report's cells).
 
 A cap on the number of schedules is honoured exactly: when the parts together run more
 schedules than the cap, the search is run again serially, up to the cap.  The parts count
@@ -28,23 +32,43 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .dfs import DfsStrategy
+from .pct import PctStrategy
+from .strategy import Strategy
 
 if TYPE_CHECKING:
     from .explore import Judge, KernelFactory, OutcomeOf, Program, Stats, _Collector, _Ticks
+
+
+class Splittable(Strategy, Protocol):
+    """A strategy whose search splits into independent parts once it has made its first
+    execution (DfsStrategy, PctStrategy)."""
+
+    def subtrees(self) -> list[tuple[int, int]]:
+        """The parts of the rest of the search, in the order the search takes them."""
+        ...
+
+    def restrict(self, first: Any, a: int, b: int) -> None:
+        """Make this fresh strategy search only part ``(a, b)`` of ``first``'s search."""
+        ...
+
+
+# Builds a fresh strategy for the search being split (a picklable callable: it travels to a
+# cluster's workers).
+MakeStrategy = Callable[[], Splittable]
 
 
 @dataclass
 class _Part:
     program: Program
     judge: Judge
-    first: DfsStrategy
+    first: Splittable
     units: list[tuple[int, int]]
+    make: MakeStrategy
     bound: int | None
-    reduction: bool
     max_schedules: int | None
     kernel_factory: KernelFactory
     max_steps: int
@@ -81,9 +105,9 @@ class ProgramSpec:
 
 def _run_part_remote(
     spec: ProgramSpec,
-    first: DfsStrategy,
+    make: MakeStrategy,
+    first: Splittable,
     bound: int | None,
-    reduction: bool,
     max_schedules: int | None,
     max_steps: int,
     unit: tuple[int, int],
@@ -92,9 +116,8 @@ def _run_part_remote(
     from ..scenarios.harness import judge_execution
     from .explore import _default_kernel, _search, default_state
 
-    node, choice = unit
-    strategy = DfsStrategy(bound, reduction)
-    strategy.restrict(first, node, choice)
+    strategy = make()
+    strategy.restrict(first, *unit)
     return _search(
         spec.build(),
         judge_execution,
@@ -148,9 +171,8 @@ def _run_part(i: int) -> tuple[Stats, _Collector]:
     assert w is not None
     if _COUNT is not None:
         _COUNT.check()
-    node, choice = w.units[i]
-    strategy = DfsStrategy(w.bound, w.reduction)
-    strategy.restrict(w.first, node, choice)
+    strategy = w.make()
+    strategy.restrict(w.first, *w.units[i])
     stats, col = _search(
         w.program,
         w.judge,
@@ -169,8 +191,8 @@ def search_parallel(
     program: Program,
     judge: Judge,
     *,
+    make: MakeStrategy,
     bound: int | None,
-    reduction: bool,
     jobs: int,
     max_schedules: int | None,
     kernel_factory: KernelFactory,
@@ -180,25 +202,25 @@ def search_parallel(
     spec: ProgramSpec | None = None,
     progress: _Ticks | None = None,
 ) -> tuple[Stats, _Collector] | None:
-    """The depth-first search of ``explore`` on ``jobs`` processes (or on the Dask cluster at
-    ``cluster``, the program named by ``spec``); None when the parts ran past
-    ``max_schedules`` (the caller then searches serially, up to the cap)."""
+    """The search of ``explore`` that ``make`` builds strategies for, on ``jobs`` processes
+    (or on the Dask cluster at ``cluster``, the program named by ``spec``); None when the
+    parts ran past ``max_schedules`` (the caller then searches serially, up to the cap).
+    ``bound`` is the search's preemption bound, as its statistics state it."""
     global _WORK, _COUNT
     import time
 
     from .explore import Stats, _account, _Collector, run_once
 
     t0 = time.perf_counter()
-    first = DfsStrategy(bound, reduction)
+    first = make()
     stats = Stats(space=first.describe(), bound=bound, max_schedules=max_schedules)
+    stats.sampled = isinstance(first, PctStrategy)
     col = _Collector(outcome_of)
     first.new_execution()
     res = run_once(program, judge, first, kernel_factory=kernel_factory, max_steps=max_steps)
     _account(stats, col, res)
     units = first.subtrees()
-    _WORK = _Part(
-        program, judge, first, units, bound, reduction, max_schedules, kernel_factory, max_steps, outcome_of
-    )
+    _WORK = _Part(program, judge, first, units, make, bound, max_schedules, kernel_factory, max_steps, outcome_of)
     parts: list[tuple[Any, Any]] = []
     try:
         if cluster is not None:
@@ -206,7 +228,7 @@ def search_parallel(
 
             if spec is None:
                 raise ValueError("a search on a cluster needs its program named by a ProgramSpec")
-            fn = functools.partial(_run_part_remote, spec, first, bound, reduction, max_schedules, max_steps)
+            fn = functools.partial(_run_part_remote, spec, make, first, bound, max_schedules, max_steps)
             parts = map_in_order(cluster, fn, units)
         else:
             ctx = multiprocessing.get_context("fork")
@@ -214,6 +236,7 @@ def search_parallel(
             with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 # The shallowest nodes' subtrees are the biggest: hand them out first, so that
                 # no worker is left alone with a big one at the end; merge in the search's order.
+                # (A sample's parts are alike: they go in run order.)
                 order = sorted(range(len(units)), key=lambda i: units[i][0])
                 futures = {i: pool.submit(_run_part, i) for i in order}
                 try:
@@ -246,7 +269,9 @@ def search_parallel(
         col.merge(c)
     if max_schedules is not None and stats.schedules > max_schedules:
         return None
-    stats.complete = not stats.interrupted and all(st.complete for st, _ in parts) and len(parts) == len(units)
+    stats.complete = (
+        not stats.interrupted and not stats.sampled and all(st.complete for st, _ in parts) and len(parts) == len(units)
+    )
     stats.wall = time.perf_counter() - t0
     stats.jobs = jobs
     return stats, col
