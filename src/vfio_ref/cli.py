@@ -433,10 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--jobs", type=_jobs, default=None,
-        help="split a depth-first search over this many processes (same result; default: every core "
-        "when the search is one that splits, else 1)",
+        help="split a depth-first search or a --random sample over this many processes (same result; default: "
+        "every core when the search is one that splits, else 1)",
     )
-    e.add_argument("--cluster", metavar="ADDRESS", help="split a depth-first search over this Dask scheduler's workers")
+    e.add_argument(
+        "--cluster", metavar="ADDRESS",
+        help="split a depth-first search or a --random sample over this Dask scheduler's workers",
+    )
     e.add_argument("--random", action="store_true", help="PCT random scheduling instead of a systematic search")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--runs", type=int, default=200)
