@@ -584,9 +584,9 @@ def explore(
         split = search_parallel(
             program,
             judge,
-            make=functools.partial(
-                make_strategy, bound=bound, reduction=reduction, random=random, seed=seed, runs=runs, depth=depth
-            ),  # type: ignore[arg-type]  # a DfsStrategy or a PctStrategy, as the test above says
+            make=functools.partial(PctStrategy, seed, runs, depth) if random else functools.partial(
+                DfsStrategy, bound, reduction
+            ),
             bound=None if random else bound,
             jobs=jobs,
             max_schedules=max_schedules,

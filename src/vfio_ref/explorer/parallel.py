@@ -51,7 +51,7 @@ class Splittable(Strategy, Protocol):
         """The parts of the rest of the search, in the order the search takes them."""
         ...
 
-    def restrict(self, first: Any, a: int, b: int) -> None:
+    def restrict(self, first: Any, a: int, b: int, /) -> None:
         """Make this fresh strategy search only part ``(a, b)`` of ``first``'s search."""
         ...
 
