@@ -114,6 +114,14 @@ def test_explore_splits_over_every_core_by_default_where_the_search_splits(
     assert [ln for ln in split.splitlines() if "Elapsed" not in ln] == [
         ln for ln in one.splitlines() if "Elapsed" not in ln
     ]
+    # So does a fault sweep, point by point.
+    sweep = ("explore", "fault_sweep", "--level", "p5", "--no-trace")
+    _, split, _ = cli(capsys, *sweep)
+    _, one, _ = cli(capsys, *sweep, "--jobs", "1")
+    assert next(ln for ln in split.splitlines() if "Elapsed" in ln).endswith("on 2 processes.")
+    assert [ln for ln in split.splitlines() if "Elapsed" not in ln] == [
+        ln for ln in one.splitlines() if "Elapsed" not in ln
+    ]
     # Searches that do not split run in one process when --jobs is not given (and are
     # refused when it is).
     for extra in (("--bound", "none"), ("--replay", "-"), ("--coverage",)):

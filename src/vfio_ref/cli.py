@@ -153,8 +153,8 @@ def _scenario_arg(text: str) -> Any:
 
 def _default_explore_jobs(args: argparse.Namespace) -> int:
     """Every core for a search that splits (a depth-first search: bounded, or plain; a
-    random sample); one process for the others (the unbounded reduced search, --replay,
-    fault_sweep), for --coverage (it traces this process) and on a cluster."""
+    random sample; fault_sweep's points); one process for the others (the unbounded reduced
+    search, --replay), for --coverage (it traces this process) and on a cluster."""
     from .report import default_jobs
 
     if not _search_splits(args) or args.coverage or args.cluster is not None:
@@ -163,13 +163,13 @@ def _default_explore_jobs(args: argparse.Namespace) -> int:
 
 
 def _search_splits(args: argparse.Namespace) -> bool:
-    """Whether explore's search is one depth-first search (bounded, or plain) or one random
-    sample, the kinds --jobs and --cluster split: not the unbounded reduced search, --replay
-    or fault_sweep."""
-    if args.random:
-        return bool(args.scenario != "fault_sweep")
+    """Whether explore's search is one depth-first search (bounded, or plain), one random
+    sample or a fault sweep (its points, each searched whole), the kinds --jobs and
+    --cluster split: not the unbounded reduced search or --replay."""
+    if args.scenario == "fault_sweep" or args.random:
+        return True
     unbounded_reduced = args.bound is None and not args.no_reduction
-    return not (args.replay is not None or unbounded_reduced or args.scenario == "fault_sweep")
+    return not (args.replay is not None or unbounded_reduced)
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
@@ -433,12 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--jobs", type=_jobs, default=None,
-        help="split a depth-first search or a --random sample over this many processes (same result; default: "
-        "every core when the search is one that splits, else 1)",
+        help="split a depth-first search, a --random sample or fault_sweep's points over this many processes "
+        "(same result; default: every core when the search is one that splits, else 1)",
     )
     e.add_argument(
         "--cluster", metavar="ADDRESS",
-        help="split a depth-first search or a --random sample over this Dask scheduler's workers",
+        help="split a depth-first search, a --random sample or fault_sweep's points over this Dask scheduler's "
+        "workers",
     )
     e.add_argument("--random", action="store_true", help="PCT random scheduling instead of a systematic search")
     e.add_argument("--seed", type=int, default=0)
@@ -623,8 +624,8 @@ def check_args(args: argparse.Namespace, given: set[str]) -> None:
                 continue
             if not _search_splits(args):
                 _refuse(
-                    f"--{opt} splits one depth-first search (a bound, or --no-reduction) or one --random sample: "
-                    "the unbounded reduced search, --replay and fault_sweep run in one process "
+                    f"--{opt} splits one depth-first search (a bound, or --no-reduction), one --random sample or "
+                    "fault_sweep's points: the unbounded reduced search and --replay run in one process "
                     "(report --jobs splits cells)"
                 )
         if args.include_unreachable and args.scenario != "fault_sweep":

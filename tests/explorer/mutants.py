@@ -38,6 +38,7 @@ LOCKDEP = "src/vfio_ref/kernel/lockdep.py"
 TPAR = "tests/explorer/test_parallel.py"
 GARB = "src/vfio_ref/explorer/garbage.py"
 PCT = "src/vfio_ref/explorer/pct.py"
+RUN = "src/vfio_ref/scenarios/run.py"
 TGARB = "tests/explorer/test_garbage.py"
 
 M: list[Mutant] = [
@@ -349,6 +350,13 @@ M += [
         "ends = [*starts[1:], self.runs] if starts else []",
         [EXP + "::test_a_sample_splits_into_stretches_that_cover_every_run_after_the_first_once",
          TPAR + "::test_a_split_sample_of_a_toy_is_the_serial_one"],
+    ),
+    (
+        "X37 a fault sweep on several processes searches its points in the reverse order",
+        RUN,
+        "explorations = list(pool.map(search, units))",
+        "explorations = list(pool.map(search, units[::-1]))",
+        [TPAR + "::test_a_fault_sweep_on_two_processes_is_the_serial_one"],
     ),
 ]
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 
 from vfio_ref.explorer import Exploration, explore
+from vfio_ref.kernel.core import ModelUsageError
 from vfio_ref.report import build_report
 from vfio_ref.scenarios import run
 from vfio_ref.scenarios.catalogue import SCENARIOS
@@ -151,6 +152,32 @@ def test_a_capped_split_sample_is_the_serial_capped_one() -> None:
     assert signature(split) == signature(serial) and serial.stats.schedules == 10
 
 
+# -- a fault sweep, its points searched on several processes ------------------------------------
+
+
+def _sweep_signature(v: Any) -> tuple[Any, ...]:
+    return (
+        [(f.ident, f.schedule, f.count, f.fail, f.injected, f.detail) for f in v.findings],
+        [(s.point, s.nth, s.reachable, s.verdict, s.kinds) for s in v.swept],
+        [(s.schedules, s.distinct, s.buggy, s.complete) for s in v.stats],
+        v.kinds(),
+    )
+
+
+def test_a_fault_sweep_on_two_processes_is_the_serial_one() -> None:
+    serial = run("fault_sweep", "base", bound=1, traces=True)
+    split = run("fault_sweep", "base", bound=1, traces=True, jobs=2)
+    assert serial.kinds() == ["leak", "warn"] and len(serial.swept) > 2
+    assert _sweep_signature(split) == _sweep_signature(serial)
+    assert [f.trace for f in split.findings] == [f.trace for f in serial.findings]
+    assert split.stats[0].jobs == 2 and serial.stats[0].jobs == 1
+
+
+def test_a_fault_sweep_traces_only_this_process() -> None:
+    with pytest.raises(ModelUsageError, match="coverage traces this process"):
+        run("fault_sweep", "p5", coverage=True, jobs=2)
+
+
 def test_the_report_on_two_processes_is_the_one_on_one() -> None:
     args: dict[str, Any] = {"scenarios": ["lifecycle", "open_vs_last_put"], "levels": ["p1", "p5"]}
     one = build_report(**args, jobs=1)
@@ -205,6 +232,12 @@ def test_a_sample_on_a_cluster_is_the_serial_one(cluster: Any) -> None:
         (f.ident, f.schedule, f.count) for f in serial.findings
     ]
     assert remote.stats[0].schedules == 30 and remote.stats[0].sampled and not remote.complete
+
+
+def test_a_fault_sweep_on_a_cluster_is_the_serial_one(cluster: Any) -> None:
+    serial = run("fault_sweep", "base", bound=1, traces=False)
+    remote = run("fault_sweep", "base", bound=1, traces=False, cluster=cluster.scheduler_address)
+    assert _sweep_signature(remote) == _sweep_signature(serial)
 
 
 def test_the_report_on_a_cluster_is_the_local_one(cluster: Any) -> None:

@@ -11,7 +11,10 @@ here knows what a level "should" do: verdicts come from running the model.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,8 +246,9 @@ def run(
     every call) or a point and which of its calls after ``begin()`` (``("...", 1)`` or
     ``"kzalloc@vfio_create_group:1"``).  A point the scenario does not reach is refused,
     naming the ones it does (``list faults`` shows them).  ``jobs`` splits a depth-first
-    search over processes, ``cluster`` (a Dask scheduler's address; catalogue scenarios
-    only) over a cluster, with the serial result."""
+    search or a random sample over processes (a fault sweep: its points), ``cluster`` (a
+    Dask scheduler's address; catalogue scenarios only) over a cluster, with the serial
+    result."""
     if callable(name):
         fn: ScenarioFn = name
         label = getattr(fn, "__name__", "scenario")
@@ -275,6 +279,8 @@ def run(
                 include_unreachable=include_unreachable,
                 chains=chains,
                 coverage=coverage,
+                jobs=jobs,
+                cluster=cluster,
             )
         if include_unreachable:
             raise ModelUsageError("include_unreachable applies to fault_sweep only")
@@ -413,6 +419,48 @@ def fault_points(level: str, *, review_fixes: bool = False, ablation: str | None
     return [p.name for p in k.fault_inject.points if p.seq > base]
 
 
+@dataclass(frozen=True)
+class _SweepSearch:
+    """How each point of a fault sweep is searched (the same for every point; data, so that
+    a point can be searched in another process or on a cluster's worker)."""
+
+    level: str
+    review_fixes: bool
+    ablation: str | None
+    bound: int | None
+    reduction: bool
+    max_schedules: int | None
+    traces: bool
+    full_trace: bool
+    chains: bool
+
+    def __call__(self, unit: tuple[int, str, bool]) -> Exploration:
+        """The lifecycle with injectable call ``n`` (at ``point``) failed, explored and
+        rendered (its findings' traces and reports written)."""
+        n, point, reachable = unit
+        sc = SCENARIOS[FAULT_SWEEP_OF]
+        program = make_program(
+            sc.fn, self.level, review_fixes=self.review_fixes, ablation=self.ablation, noiommu=sc.noiommu, fail_nth=n
+        )
+        ex = explore(
+            program,
+            judge_execution,
+            bound=self.bound,
+            reduction=self.reduction,
+            max_schedules=self.max_schedules,
+            traces=self.traces,
+            label=f"fault_sweep@{self.level}",
+        )
+        _render(ex, injected=_swept_label(point, n, reachable), traces=self.traces, full_trace=self.full_trace,
+                chains=self.chains)
+        return ex
+
+
+def _swept_label(point: str, n: int, reachable: bool) -> str:
+    note = "" if reachable else f", {UNREACHABLE_NOTE}"
+    return f"{point} (injectable call #{n}{note})"
+
+
 def run_fault_sweep(
     level: str,
     *,
@@ -426,47 +474,53 @@ def run_fault_sweep(
     include_unreachable: bool = False,
     chains: bool = False,
     coverage: bool = False,
+    jobs: int = 1,
+    cluster: str | None = None,
 ) -> Verdict:
     """The lifecycle, once per injectable failure point with that point failed (the Nth
     injectable call of the scenario proper), each explored over the same space.
 
     Points that no 5.15/5.16 kernel can fail (``kernel.fault.can_fail``) are skipped unless
-    ``include_unreachable``; their findings then say "unreachable in 5.15/5.16"."""
+    ``include_unreachable``; their findings then say "unreachable in 5.15/5.16".
+
+    ``jobs`` > 1 searches the points on that many processes, ``cluster`` (a Dask
+    scheduler's address) on its workers, each point's search whole: the serial sweep's
+    result, point by point."""
     _check("fault_sweep", level, ablation)
-    sc = SCENARIOS[FAULT_SWEEP_OF]
+    if jobs < 1:
+        raise ModelUsageError(f"jobs must be 1 or more, not {jobs}")
+    if coverage and (jobs > 1 or cluster is not None):
+        raise ModelUsageError("coverage traces this process: run it with jobs=1 and no cluster")
     points = fault_points(level, review_fixes=review_fixes, ablation=ablation)
     findings: dict[tuple[str, FindingId], Finding] = {}
     stats: list[Stats] = []
-    swept = 0
     swept_points: list[SweptPoint] = []
+    # n counts every injectable call (fail_nth)
+    units = [(n, point, can_fail(point)) for n, point in enumerate(points, start=1)]
+    units = [u for u in units if u[2] or include_unreachable]
+    search = _SweepSearch(level, review_fixes, ablation, bound, reduction, max_schedules, traces, full_trace, chains)
     cov = Coverage(level, review_fixes, ablation) if coverage else None
-    for n, point in enumerate(points, start=1):  # n counts every injectable call (fail_nth)
-        reachable = can_fail(point)
-        if not reachable and not include_unreachable:
-            continue
-        swept += 1
-        program = make_program(
-            sc.fn, level, review_fixes=review_fixes, ablation=ablation, noiommu=sc.noiommu, fail_nth=n
-        )
+    t0 = time.perf_counter()
+    if cluster is not None:
+        from ..cluster import map_in_order
+
+        explorations = map_in_order(cluster, search, units)
+    elif jobs > 1 and len(units) > 1:
+        ctx = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            explorations = list(pool.map(search, units))
+    else:
         with cov if cov is not None else contextlib.nullcontext():
-            ex = explore(
-                program,
-                judge_execution,
-                bound=bound,
-                reduction=reduction,
-                max_schedules=max_schedules,
-                traces=traces,
-                label=f"fault_sweep@{level}",
-            )
+            explorations = [search(u) for u in units]
+    swept = len(units)
+    for (n, point, reachable), ex in zip(units, explorations, strict=True):
         stats.append(ex.stats)
-        note = "" if reachable else f", {UNREACHABLE_NOTE}"
-        label = f"{point} (injectable call #{n}{note})"
+        label = _swept_label(point, n, reachable)
         kinds = tuple(ex.kinds())
         cell = ",".join(kinds) if kinds else "clean"
         if not ex.stats.complete:
             cell = cell + " (incomplete)" if kinds else "incomplete"
         swept_points.append(SweptPoint(point, n, reachable, cell, kinds))
-        _render(ex, injected=label, traces=traces, full_trace=full_trace, chains=chains)
         # The same failure by name: the Nth injectable call is this point's k-th call.
         spec = f"{point}:{points[:n].count(point)}" if reachable else None
         for f in ex.findings:
@@ -481,7 +535,8 @@ def run_fault_sweep(
         total.points_total += st.points_total
         total.points_max = max(total.points_max, st.points_max)
         total.points_min = st.points_min if total.points_min == 0 else min(total.points_min, st.points_min)
-        total.wall += st.wall
+    total.wall = time.perf_counter() - t0
+    total.jobs = jobs if cluster is None and len(units) > 1 else 1
     total.complete = all(st.complete for st in stats)
     total.capped = any(st.capped for st in stats)
     total.interrupted = any(st.interrupted for st in stats)
