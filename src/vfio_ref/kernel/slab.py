@@ -352,18 +352,15 @@ def poison(obj: Any, info: FreeInfo | None) -> None:
                 continue
             plan = _poison_plan(cls)
         pc, embedded, plain = plan
+        get = getattr if plain else getfield
+        for name in embedded:
+            inner = get(o, name)
+            if inner is not None and not isinstance(inner, (int, str, tuple)):
+                todo.append(inner)
         if plain:
-            for name in embedded:
-                inner = getattr(o, name)
-                if inner is not None and not isinstance(inner, (int, str, tuple)):
-                    todo.append(inner)
             o._poison = info
             o.__class__ = pc
         else:
-            for name in embedded:
-                inner = getfield(o, name)
-                if inner is not None and not isinstance(inner, (int, str, tuple)):
-                    todo.append(inner)
             setfield(o, "_poison", info)
             setfield(o, "__class__", pc)
 
