@@ -289,9 +289,7 @@ def run(
         noiommu = noiommu or sc.noiommu
     if bound is not None and bound < 0:
         raise ModelUsageError(f"bound must be 0 or more preemptions (or None: no bound), not {bound}")
-    if coverage and (jobs > 1 or cluster is not None):
-        # Coverage is Python's line tracer in this process: a split search runs elsewhere.
-        raise ModelUsageError("coverage traces this process: run it with jobs=1 and no cluster")
+    _check_coverage_here(coverage, jobs, cluster)
     specs = [parse_fail(x) if isinstance(x, str) else x for x in fail]
     if specs:
         check_fail(fn, level, specs, review_fixes=review_fixes, ablation=ablation, noiommu=noiommu)
@@ -419,6 +417,13 @@ def fault_points(level: str, *, review_fixes: bool = False, ablation: str | None
     return [p.name for p in k.fault_inject.points if p.seq > base]
 
 
+def _check_coverage_here(coverage: bool, jobs: int, cluster: str | None) -> None:
+    """Coverage is Python's line tracer in this process: a search split over processes or a
+    cluster runs elsewhere, so the two are refused together."""
+    if coverage and (jobs > 1 or cluster is not None):
+        raise ModelUsageError("coverage traces this process: run it with jobs=1 and no cluster")
+
+
 @dataclass(frozen=True)
 class _SweepSearch:
     """How each point of a fault sweep is searched (the same for every point; data, so that
@@ -489,8 +494,7 @@ def run_fault_sweep(
     _check("fault_sweep", level, ablation)
     if jobs < 1:
         raise ModelUsageError(f"jobs must be 1 or more, not {jobs}")
-    if coverage and (jobs > 1 or cluster is not None):
-        raise ModelUsageError("coverage traces this process: run it with jobs=1 and no cluster")
+    _check_coverage_here(coverage, jobs, cluster)
     points = fault_points(level, review_fixes=review_fixes, ablation=ablation)
     findings: dict[tuple[str, FindingId], Finding] = {}
     stats: list[Stats] = []
