@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
@@ -44,6 +45,24 @@ def test_a_split_search_of_a_toy_is_the_serial_one(toy: str, bound: int, reducti
     split = explore(program, judge, bound=bound, reduction=reduction, traces=False, shrink=False, jobs=2)
     assert signature(split) == signature(serial)
     assert split.stats.jobs == 2 and serial.stats.jobs == 1
+
+
+def test_a_part_copies_its_nodes_field_by_field_and_owns_what_its_search_changes() -> None:
+    # restrict() copies the first path's nodes with DfsNode.copy (not copy.deepcopy): every
+    # field must come across, and the sets the part's search mutates must be its own (a Dask
+    # worker runs several parts on threads of one process, against one first path).
+    from vfio_ref.explorer.dfs import DfsNode
+    from vfio_ref.explorer.records import Footprint
+
+    fp = Footprint([((1, "x"), True, 0)])
+    node = DfsNode(7, (0, 1, 2), 1, True, (1, 0, 2), 0, {2: fp}, {1}, fp, True, frozenset({(3, "y")}))
+    twin = node.copy()
+    for f in dataclasses.fields(DfsNode):
+        assert getattr(twin, f.name) == getattr(node, f.name), f.name
+    assert twin.done is not node.done and twin.sleep_in is not node.sleep_in
+    twin.done.add(0)
+    twin.sleep_in.clear()
+    assert node.done == {1} and node.sleep_in == {2: fp}
 
 
 def test_a_split_search_of_a_scenario_is_the_serial_one_findings_and_schedules_included() -> None:

