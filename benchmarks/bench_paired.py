@@ -15,7 +15,10 @@ would a ratio of two separate minima).  The figures shown beside it are the fast
   on an atomic, 2,000 points) against one bare greenlet switch;
 * ``walk@LEVEL``: vfio_group_get_from_iommu + vfio_group_put with 1,024 groups alive (the
   whole list walked), per entry, against a bare scan of 1,024 entries, per entry;
-* ``toy``: issue 4's toy at bound 2, the reduced search against the plain one, per schedule.
+* ``toy``: issue 4's toy at bound 2, the reduced search against the plain one, per schedule;
+* ``split``: one depth-first search (the base's device_fd_vs_unbind at bound 1) in one
+  process against the same search split over two (a speed-up: the goal is a floor, not a
+  ceiling), with the collector on, as a search runs.
 
 Each pair is one benchmark whose ``extra_info["paired"]`` holds both figures (seconds per
 operation); ``vfio-ref bench`` reads the goals of issue 13 from them.  Under
@@ -47,10 +50,12 @@ ROUNDS = 15 if QUICK else 31  # the median of that many rounds
 TOY_ROUNDS = 5 if QUICK else 9  # a round of the toy is two whole searches (about a second)
 
 
-def paired(model: Callable[[], object], floor: Callable[[], object], rounds: int) -> tuple[float, float, float]:
+def paired(
+    model: Callable[[], object], floor: Callable[[], object], rounds: int, *, gc_off: bool = True
+) -> tuple[float, float, float]:
     """``model`` and ``floor`` timed back to back, ``rounds`` times, the order swapped every
-    round, the garbage collector off (collected between rounds): the fastest round of each
-    (seconds per call) and the median of the rounds' ratios model / floor."""
+    round, the garbage collector off (collected between rounds) unless ``gc_off`` is False: the
+    fastest round of each (seconds per call) and the median of the rounds' ratios model / floor."""
     best = [float("inf"), float("inf")]
     ratios = []
     fns = (model, floor)
@@ -58,7 +63,8 @@ def paired(model: Callable[[], object], floor: Callable[[], object], rounds: int
     try:
         for r in range(rounds):
             gc.collect()
-            gc.disable()
+            if gc_off:
+                gc.disable()
             took = [0.0, 0.0]
             for i in ((0, 1) if r % 2 == 0 else (1, 0)):
                 t = time.perf_counter()
@@ -87,12 +93,13 @@ def record(
     per_floor: int,
     floor_label: str,
     rounds: int = ROUNDS,
+    gc_off: bool = True,
 ) -> tuple[float, float]:
     """Run the pair (once under ``--benchmark-disable``), keep both figures per operation
     in ``extra_info["paired"]``, and tag the benchmark for the report's table."""
     rounds = 1 if is_disabled(benchmark) else rounds
     out: list[tuple[float, float, float]] = []
-    benchmark.pedantic(lambda: out.append(paired(model, floor, rounds)), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: out.append(paired(model, floor, rounds, gc_off=gc_off)), rounds=1, iterations=1)
     m, f = out[-1][0] / per_model, out[-1][1] / per_floor
     ratio = out[-1][2] * per_floor / per_model
     benchmark.extra_info["paired"] = {"model": m, "floor": f, "ratio": ratio, "rounds": rounds,
@@ -107,7 +114,12 @@ def record(
 # -- KASAN on against off ----------------------------------------------------------------------
 
 
-INNER = 3  # lifecycles per timed call
+INNER = 1  # lifecycles per timed call
+# A lifecycle's two variants differ by 5-15%, and on this VM one round's ratio scatters far
+# wider (quartiles 0.95, 1.09 and 1.25 over 301 rounds of one lifecycle each): the medians of
+# 15 rounds of three lifecycles ranged from 1.0 to 1.25 between runs, those of 301 rounds
+# repeated within 0.005 three times.  So many short rounds (a round is about 3 ms).
+LIFECYCLE_ROUNDS = 201 if QUICK else 401
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -115,7 +127,8 @@ def test_kasan_on_against_off(benchmark: Any, level: str) -> None:
     on = timed_loop(lambda: _lifecycle(level, True), INNER)
     off = timed_loop(lambda: _lifecycle(level, False), INNER)
     record(benchmark, key=f"paired:kasan@{level}", row="lifecycle: KASAN on against off", col=level_label(level),
-           model=on, floor=off, per_model=INNER, per_floor=INNER, floor_label="kasan=False")
+           model=on, floor=off, per_model=INNER, per_floor=INNER, floor_label="kasan=False",
+           rounds=LIFECYCLE_ROUNDS)
 
 
 # -- the scheduling hook against the kernel recompiled without it (issue 5's goal) ------------
@@ -131,6 +144,7 @@ def test_scheduling_hook_against_none(benchmark: Any, level: str) -> None:
 
     record(benchmark, key=f"paired:hook@{level}", row="lifecycle: the scheduling hook against none",
            col=level_label(level), model=lifecycles, floor=stubbed, per_model=INNER, per_floor=INNER,
+           rounds=LIFECYCLE_ROUNDS,
            floor_label="hook stubbed out")
 
 
@@ -197,3 +211,31 @@ def test_reduced_search_against_plain_per_schedule(benchmark: Any) -> None:
     record(benchmark, key="paired:toy", row="toy at bound 2: reduced search, per schedule", col="",
            model=lambda: search(True), floor=lambda: search(False), per_model=counts[True],
            per_floor=counts[False], floor_label="the plain search", rounds=TOY_ROUNDS)
+
+
+# -- one search in one process against the same search split over two ---------------------------
+
+
+SPLIT_ROUNDS = 3 if QUICK else 5  # a round is two whole searches (about 40 s here)
+
+
+def test_split_search_against_serial(benchmark: Any) -> None:
+    from vfio_ref.scenarios.catalogue import SCENARIOS
+    from vfio_ref.scenarios.harness import judge_execution, make_program
+
+    bound = 0 if is_disabled(benchmark) else 1
+    sc = SCENARIOS["device_fd_vs_unbind"]
+    program = make_program(sc.fn, "base", review_fixes=False, ablation=None, noiommu=sc.noiommu)
+    counts: dict[int, int] = {}
+
+    def search(jobs: int) -> None:
+        ex = explore(program, judge_execution, bound=bound, traces=False, shrink=False, reduction=False, jobs=jobs)
+        assert ex.stats.exhausted
+        counts[jobs] = ex.stats.schedules
+
+    search(2)
+    search(1)
+    assert counts[1] == counts[2]
+    record(benchmark, key="paired:split", row="one search: one process against two, per schedule", col="",
+           model=lambda: search(1), floor=lambda: search(2), per_model=counts[1], per_floor=counts[2],
+           floor_label="--jobs 2", rounds=SPLIT_ROUNDS, gc_off=False)
