@@ -274,18 +274,19 @@ M += [
         ["tests/vfio/test_base.py"],
     ),
     (
-        "X26 the report's fallback runs the reduced search unasked",
+        "X26 the report's fallback runs the plain search",
         REPORT,
-        "reduction=AUTO_FALLBACK_REDUCTION or job.check_reduction,",
-        "reduction=True,",
-        ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_plain_search_unless_the_reduction_is_checked"],
+        "reduction=AUTO_FALLBACK_REDUCTION,\n",
+        "reduction=False,\n",
+        ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_reduced_search_and_checked_against_the_plain_one"],
     ),
     (
-        "X27 --check-reduction checks the plain search against itself",
+        "X27 --check-reduction is not passed on to the fallback",
         REPORT,
-        "reduction=AUTO_FALLBACK_REDUCTION or job.check_reduction,",
-        "reduction=AUTO_FALLBACK_REDUCTION,",
-        ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_plain_search_unless_the_reduction_is_checked"],
+        "coverage=job.coverage, check_reduction=job.check_reduction,\n"
+        "                reduction=AUTO_FALLBACK_REDUCTION,",
+        "coverage=job.coverage,\n                reduction=AUTO_FALLBACK_REDUCTION,",
+        ["tests/test_cli.py::test_the_reports_bounded_fallback_is_the_reduced_search_and_checked_against_the_plain_one"],
     ),
     (
         "X28 the search loop keeps the execution alive while it collects",
@@ -357,6 +358,21 @@ M += [
         "explorations = list(pool.map(search, units))",
         "explorations = list(pool.map(search, units[::-1]))",
         [TPAR + "::test_a_fault_sweep_on_two_processes_is_the_serial_one"],
+    ),
+    (
+        "X38 a search spending its last preemption at a node with a sleeper forces at once",
+        DFS,
+        "        if node is not None and node.sleeper is not None and choice != node.running:\n",
+        "        if False:\n",
+        [RED + "::test_a_sleeper_stays_asleep_after_the_last_preemption",
+         RED + "::test_at_one_preemption_the_reduction_prunes_the_bases_kworker_interleavings"],
+    ),
+    (
+        "X39 a part's copy of a node shares its done set with the first path",
+        DFS,
+        "dict(self.sleep_in), set(self.done),",
+        "dict(self.sleep_in), self.done,",
+        [TPAR + "::test_a_part_copies_its_nodes_field_by_field_and_owns_what_its_search_changes"],
     ),
 ]
 

@@ -231,6 +231,13 @@ class DfsStrategy:
     def _count(self, sched: ControlledScheduler, cp: ChoicePoint, choice: int) -> None:
         if cp.running_enabled and choice != cp.running:
             self._preempts += 1
+        node = self._node
+        if node is not None and node.sleeper is not None and choice != node.running:
+            # The running thread's step goes to sleep once this step has run (executed):
+            # the choices after the last preemption must still be asked, so that the sleeper
+            # cuts short the schedules it makes redundant.  (Forcing here at once had the
+            # reduction prune nothing at one preemption.)
+            return
         if self.bound is not None and self._preempts >= self.bound and not self._sleep:
             # Budget spent, nothing asleep: every later choice keeps the running thread.
             sched.forced = True
