@@ -155,6 +155,17 @@ M: list[Mutant] = [
 # 5 of them with fewer schedules; X11' on 450 runs of wait_event programs at bounds 2, 3 and
 # none, and on the hand-made case below, 3 schedules instead of 4, the same outcomes).
 EQUIVALENT: list[Mutant] = [
+    # X41' (slab.py, watch_members): the structs stay watched twins once the scheduler stops
+    # recording.  A twin reports an access only to WATCH.report, which is None then, and
+    # otherwise reads and writes as its own class: the mutant is slower (every attribute
+    # access a call into Python), never different.
+    (
+        "X41' the structs stay watched after the scheduler stops recording",
+        SLAB,
+        "            if pc is not None:\n                setclass(o, \"__class__\", pc)\n",
+        "            if pc is not None:\n                pass\n",
+        [RED, REG],
+    ),
     # X7' (dpor.py, _counter): a counter step s of thread p skips the steps in h.prev (counter
     # steps of segments a read has closed since the last write).  Each such step c happens
     # before a read still in h.reads: the read r that closed c's segment joined c's clock (the
@@ -373,6 +384,13 @@ M += [
         "dict(self.sleep_in), set(self.done),",
         "dict(self.sleep_in), self.done,",
         [TPAR + "::test_a_part_copies_its_nodes_field_by_field_and_owns_what_its_search_changes"],
+    ),
+    (
+        "X40 a struct built before the scheduler starts recording is never watched",
+        SLAB,
+        "            if wc is not c:\n                setclass(o, \"__class__\", wc)\n",
+        "            if wc is not c:\n                pass\n",
+        [RED, REG],
     ),
 ]
 

@@ -453,6 +453,7 @@ class ControlledScheduler:
         self.recording = True
         if self.watching:
             slab.WATCH.report = self
+            slab.watch_members(True)
         self.evaluating = True
         disabled = []
         for t in self.live:
@@ -465,6 +466,7 @@ class ControlledScheduler:
         self.recording = False
         if slab.WATCH.report is self:
             slab.WATCH.report = None
+            slab.watch_members(False)
         self.cur_ev = None
 
     def _end_event(self) -> None:
@@ -846,6 +848,7 @@ class ControlledScheduler:
         if self.watching:
             slab.WATCH.sched = self
             slab.WATCH.report = self if self.recording else None
+            slab.WATCH.objs = []
         first = self.spawn(name, main_fn)
         self.current = first
         try:
@@ -880,6 +883,7 @@ class ControlledScheduler:
             if slab.WATCH.sched is self:
                 slab.WATCH.sched = None
                 slab.WATCH.report = None
+                slab.WATCH.objs = []
             self._kill_all()
             k._sched_task = None
 
