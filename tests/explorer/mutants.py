@@ -392,6 +392,13 @@ M += [
         "            if wc is not c:\n                pass\n",
         [RED, REG],
     ),
+    (
+        "X42 the search loop leaves an execution's records to the collector",
+        EXPL,
+        "                res.sched.discard_records()\n",
+        "",
+        [TGARB],
+    ),
 ]
 
 

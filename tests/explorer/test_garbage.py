@@ -175,3 +175,26 @@ def test_older_generations_are_collected_as_the_interpreters_thresholds_say() ->
         gc.set_threshold(*old)
     # Every call the young generation; every 3rd the middle one too; every 6th all three.
     assert generations == [0, 0, 0, 1, 0, 0, 0, 1, 2] * 2
+
+
+def test_an_executions_step_and_choice_records_are_freed_without_the_collector() -> None:
+    # The search loop drops the scheduler's records once it has counted the execution
+    # (ControlledScheduler.discard_records): the collector then finds the kernel's cycle but
+    # none of the records, which reference counting has freed already.
+    from vfio_ref.explorer.records import Choice, Event
+
+    from .toys import locked_steps
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        ex = explore(locked_steps(3), nothing, bound=2, reduction=True, traces=False, shrink=False)
+        gc.collect()
+        kinds = {type(o) for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+    assert ex.stats.exhausted and ex.stats.schedules > 1
+    assert Mutex in kinds or any(issubclass(k, Mutex) for k in kinds)  # the kernel did go this way
+    assert Event not in kinds and Choice not in kinds

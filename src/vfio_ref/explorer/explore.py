@@ -520,6 +520,7 @@ def _search(
                     break
                 res = run_once(program, judge, strategy, kernel_factory=kernel_factory, max_steps=max_steps)
                 _account(stats, col, res)
+                res.sched.discard_records()
                 del res  # the execution's kernel is garbage now
                 if collect:
                     collect_garbage()
