@@ -18,7 +18,9 @@ would a ratio of two separate minima).  The figures shown beside it are the fast
 * ``toy``: issue 4's toy at bound 2, the reduced search against the plain one, per schedule;
 * ``split``: one depth-first search (the base's device_fd_vs_unbind at bound 1) in one
   process against the same search split over two (a speed-up: the goal is a floor, not a
-  ceiling), with the collector on, as a search runs.
+  ceiling), with the collector on, as a search runs;
+* ``report``: ``vfio-ref report`` with ``--jobs 1`` against ``--jobs 2`` (the quick run's
+  p1 and p5; the default report otherwise), a speed-up too.
 
 Each pair is one benchmark whose ``extra_info["paired"]`` holds both figures (seconds per
 operation); ``vfio-ref bench`` reads the goals of issue 13 from them.  Under
@@ -239,3 +241,31 @@ def test_split_search_against_serial(benchmark: Any) -> None:
     record(benchmark, key="paired:split", row="one search: one process against two, per schedule", col="",
            model=lambda: search(1), floor=lambda: search(2), per_model=counts[1], per_floor=counts[2],
            floor_label="--jobs 2", rounds=SPLIT_ROUNDS, gc_off=False)
+
+
+# -- the report with one job against two ----------------------------------------------------------
+
+
+REPORT_ROUNDS = 3  # a round is two reports (about 15 s quick, 2.5 minutes at default settings)
+
+
+def test_report_one_job_against_two(benchmark: Any) -> None:
+    import contextlib
+    import io
+
+    from vfio_ref.cli import main as cli_main
+
+    if is_disabled(benchmark):
+        argv = ["report", "--scenario", "lifecycle", "--level", "p5"]
+    elif QUICK:
+        argv = ["report", "--level", "p1", "--level", "p5"]
+    else:
+        argv = ["report"]
+
+    def report(jobs: int) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli_main([*argv, "--jobs", str(jobs)]) == 0
+
+    record(benchmark, key="paired:report", row=f"vfio-ref {' '.join(argv)}: --jobs 1 against --jobs 2", col="",
+           model=lambda: report(1), floor=lambda: report(2), per_model=1, per_floor=1,
+           floor_label="--jobs 2", rounds=REPORT_ROUNDS, gc_off=False)
