@@ -309,15 +309,15 @@ M += [
     (
         "X29 the collector's thresholds are never given back after a search",
         GARB,
-        "            if _holders == 0 and _active:\n                gc.set_threshold(*_saved)\n",
-        "            pass\n",
+        "                if _active:\n                    gc.set_threshold(*_saved)\n",
+        "                pass\n",
         [TGARB],
     ),
     (
         "X30 the first search to end gives the thresholds back while another still runs",
         GARB,
-        "            if _holders == 0 and _active:\n",
-        "            if _active:\n",
+        "            if _holders == 0:\n                if _froze:",
+        "            if True:\n                if _froze:",
         [TGARB],
     ),
     (
@@ -397,6 +397,20 @@ M += [
         EXPL,
         "                res.sched.discard_records()\n",
         "",
+        [TGARB],
+    ),
+    (
+        "X43 the last search to end leaves the heap frozen",
+        GARB,
+        "                    gc.unfreeze()\n",
+        "                    pass\n",
+        [TGARB],
+    ),
+    (
+        "X44 a search freezes the heap over a caller's own freeze",
+        GARB,
+        "            _froze = _active and gc.get_freeze_count() == 0\n",
+        "            _froze = _active\n",
         [TGARB],
     ),
 ]

@@ -198,3 +198,66 @@ def test_an_executions_step_and_choice_records_are_freed_without_the_collector()
     assert ex.stats.exhausted and ex.stats.schedules > 1
     assert Mutex in kinds or any(issubclass(k, Mutex) for k in kinds)  # the kernel did go this way
     assert Event not in kinds and Choice not in kinds
+
+
+def _program_noting_the_freeze(counts: list[int]) -> Any:
+    def program(ctx: Execution) -> None:
+        counts.append(gc.get_freeze_count())
+        _program_watching_the_collector({"executions": 0, "threshold_inside": [], "earlier_alive": []})(ctx)
+
+    return program
+
+
+def test_the_heap_a_search_starts_from_is_frozen_for_it_and_collected_as_usual_afterwards() -> None:
+    gc.collect()
+    assert gc.get_freeze_count() == 0
+    before = _Cycle()  # garbage from before the search, not yet collected
+    ref = weakref.ref(before)
+    del before
+    counts: list[int] = []
+    with _collections() as generations:
+        ex = explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False,
+                     shrink=False)
+    assert ex.stats.exhausted and len(counts) == ex.stats.schedules > 1
+    assert min(counts) > 0  # every execution ran with the heap frozen...
+    assert generations != []  # ...while the collector ran between them
+    assert ref() is not None  # the frozen garbage waited
+    assert gc.get_freeze_count() == 0  # and is the collector's again once the search is over
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_caller_that_froze_objects_itself_keeps_exactly_its_own_frozen() -> None:
+    gc.collect()
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        counts: list[int] = []
+        explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False, shrink=False)
+        assert counts == [mine] * len(counts) and gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
+
+
+def test_a_collector_the_caller_turned_off_freezes_nothing() -> None:
+    counts: list[int] = []
+    gc.disable()
+    try:
+        explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False, shrink=False)
+    finally:
+        gc.enable()
+    assert counts and set(counts) == {0}
+
+
+def test_the_heap_is_unfrozen_only_when_the_last_of_several_concurrent_searches_ends() -> None:
+    assert gc.get_freeze_count() == 0
+    first, second = collecting_between_executions(), collecting_between_executions()
+    first.__enter__()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    second.__enter__()
+    assert gc.get_freeze_count() == frozen  # the second search froze nothing more
+    first.__exit__(None, None, None)
+    assert gc.get_freeze_count() == frozen
+    second.__exit__(None, None, None)
+    assert gc.get_freeze_count() == 0

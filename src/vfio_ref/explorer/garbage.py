@@ -17,10 +17,19 @@ older ones when the interpreter's own thresholds say so, so that garbage that ou
 execution (the reduction keeps the last execution's steps) is still freed.  Nothing in the
 model depends on when garbage is collected (it has no finalisers and no weak references).
 
+The heap that was there before the search began (modules, classes, functions, the caller's
+data: some 20,000 objects after the catalogue is imported) is frozen for the search
+(``gc.freeze``): it cannot be garbage the search made, and a full collection that walked it
+took 7-9 ms here, once per hundred executions.  The last search to end unfreezes it, so
+whatever of it has become garbage meanwhile is collected later, as usual.  A caller that froze
+objects itself is left alone (nothing is frozen or unfrozen then).  Measured on the base's
+``lookup_vs_last_put`` at one preemption (2,270 schedules; frozen and not, run at the same
+time on one core each, four pairs of three): 151.9 s against 161.5 s in all, 6% less.
+
 Complexity: collect_garbage walks what was allocated since the last call and is still alive
 or cyclic garbage, O(objects of one execution); every ``threshold1`` calls also the middle
-generation and every ``threshold1 * threshold2`` calls the whole heap, as the interpreter
-would.
+generation and every ``threshold1 * threshold2`` calls the whole heap allocated since the
+search began, as the interpreter would.
 """
 
 from __future__ import annotations
@@ -40,20 +49,25 @@ _lock = threading.Lock()
 _holders = 0  # searches running in this process (a Dask worker runs parts on threads)
 _saved: tuple[int, int, int] = (700, 10, 10)  # the thresholds before the first of them began
 _active = False  # whether the collector was on then
+_froze = False  # whether the first of them froze the heap (the last one unfreezes it)
 
 
 @contextlib.contextmanager
 def collecting_between_executions() -> Iterator[bool]:
-    """Raise the young generation's threshold to INSIDE_THRESHOLD for the searches inside;
-    the last one to leave puts the thresholds back.  Yields whether collect_garbage should
+    """Raise the young generation's threshold to INSIDE_THRESHOLD for the searches inside,
+    and freeze the heap they start from unless the caller froze some of it; the last one to
+    leave puts the thresholds back and unfreezes.  Yields whether collect_garbage should
     collect at all (False when the collector is off: the caller's choice stands)."""
-    global _holders, _saved, _active
+    global _holders, _saved, _active, _froze
     with _lock:
         if _holders == 0:
             _saved = gc.get_threshold()
             _active = gc.isenabled() and _saved[0] > 0
             if _active:
                 gc.set_threshold(INSIDE_THRESHOLD, _saved[1], _saved[2])
+            _froze = _active and gc.get_freeze_count() == 0
+            if _froze:
+                gc.freeze()
         _holders += 1
         active = _active
     try:
@@ -61,8 +75,12 @@ def collecting_between_executions() -> Iterator[bool]:
     finally:
         with _lock:
             _holders -= 1
-            if _holders == 0 and _active:
-                gc.set_threshold(*_saved)
+            if _holders == 0:
+                if _froze:
+                    gc.unfreeze()
+                    _froze = False
+                if _active:
+                    gc.set_threshold(*_saved)
 
 
 def collect_garbage() -> None:
