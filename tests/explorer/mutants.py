@@ -409,8 +409,19 @@ M += [
     (
         "X44 a search freezes the heap over a caller's own freeze",
         GARB,
-        "            _froze = _active and gc.get_freeze_count() == 0\n",
-        "            _froze = _active\n",
+        " and _holders > 0 and gc.get_freeze_count() == 0:\n",
+        " and _holders > 0:\n",
+        [TGARB],
+    ),
+    (
+        "X45 the heap is frozen before the full collection, with its garbage in it",
+        GARB,
+        "            gc.collect(2)\n            if not _froze:\n                with _lock:\n"
+        "                    if not _froze and _holders > 0 and gc.get_freeze_count() == 0:\n"
+        "                        gc.freeze()\n                        _froze = True\n",
+        "            if not _froze:\n                with _lock:\n"
+        "                    if not _froze and _holders > 0 and gc.get_freeze_count() == 0:\n"
+        "                        gc.freeze()\n                        _froze = True\n            gc.collect(2)\n",
         [TGARB],
     ),
 ]

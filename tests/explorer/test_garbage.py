@@ -200,31 +200,52 @@ def test_an_executions_step_and_choice_records_are_freed_without_the_collector()
     assert Event not in kinds and Choice not in kinds
 
 
-def _program_noting_the_freeze(counts: list[int]) -> Any:
+
+def _program_noting_the_freeze(counts: list[int], alive: list[bool] | None = None, ref: Any = None) -> Any:
     def program(ctx: Execution) -> None:
         counts.append(gc.get_freeze_count())
+        if alive is not None:
+            alive.append(ref() is not None)
         _program_watching_the_collector({"executions": 0, "threshold_inside": [], "earlier_alive": []})(ctx)
 
     return program
 
 
-def test_the_heap_a_search_starts_from_is_frozen_for_it_and_collected_as_usual_afterwards() -> None:
-    gc.collect()
+@contextlib.contextmanager
+def _thresholds(*t: int) -> Iterator[None]:
+    old = gc.get_threshold()
+    gc.set_threshold(*t)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+def test_a_search_freezes_the_heap_at_its_first_full_collection_and_unfreezes_it_at_its_end() -> None:
+    holder = [_Cycle()]
+    ref = weakref.ref(holder[0])
+    gc.collect()  # now in the oldest generation...
     assert gc.get_freeze_count() == 0
-    before = _Cycle()  # garbage from before the search, not yet collected
-    ref = weakref.ref(before)
-    del before
+    holder.clear()  # ...and garbage that only a full collection frees
     counts: list[int] = []
-    with _collections() as generations:
-        ex = explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False,
-                     shrink=False)
-    assert ex.stats.exhausted and len(counts) == ex.stats.schedules > 1
-    assert min(counts) > 0  # every execution ran with the heap frozen...
-    assert generations != []  # ...while the collector ran between them
-    assert ref() is not None  # the frozen garbage waited
-    assert gc.get_freeze_count() == 0  # and is the collector's again once the search is over
-    gc.collect()
-    assert ref() is None
+    alive: list[bool] = []
+    with _thresholds(700, 1, 2), _collections() as generations:
+        # A full collection after every second execution (threshold1 * threshold2).
+        ex = explore(_program_noting_the_freeze(counts, alive, ref), nothing, bound=2, reduction=False,
+                     traces=False, shrink=False)
+    assert ex.stats.exhausted and len(counts) == ex.stats.schedules > 3
+    assert counts[:2] == [0, 0]  # not frozen before the first full collection...
+    assert min(counts[2:]) > 0  # ...frozen after it, for the rest of the search
+    assert alive[:2] == [True, True] and set(alive[2:]) == {False}  # collected, not frozen
+    assert generations.count(2) == len(counts) // 2  # full collections still run
+    assert gc.get_freeze_count() == 0  # the collector's again once the search is over
+
+
+def test_a_search_shorter_than_a_full_collection_freezes_nothing() -> None:
+    counts: list[int] = []
+    with _thresholds(700, 10, 10):
+        explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False, shrink=False)
+    assert len(counts) < 100 and set(counts) == {0} and gc.get_freeze_count() == 0
 
 
 def test_a_caller_that_froze_objects_itself_keeps_exactly_its_own_frozen() -> None:
@@ -233,7 +254,9 @@ def test_a_caller_that_froze_objects_itself_keeps_exactly_its_own_frozen() -> No
     try:
         mine = gc.get_freeze_count()
         counts: list[int] = []
-        explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False, shrink=False)
+        with _thresholds(700, 1, 1):
+            explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False,
+                    shrink=False)
         assert counts == [mine] * len(counts) and gc.get_freeze_count() == mine
     finally:
         gc.unfreeze()
@@ -243,7 +266,9 @@ def test_a_collector_the_caller_turned_off_freezes_nothing() -> None:
     counts: list[int] = []
     gc.disable()
     try:
-        explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False, shrink=False)
+        with _thresholds(700, 1, 1):
+            explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False,
+                    shrink=False)
     finally:
         gc.enable()
     assert counts and set(counts) == {0}
@@ -251,13 +276,16 @@ def test_a_collector_the_caller_turned_off_freezes_nothing() -> None:
 
 def test_the_heap_is_unfrozen_only_when_the_last_of_several_concurrent_searches_ends() -> None:
     assert gc.get_freeze_count() == 0
-    first, second = collecting_between_executions(), collecting_between_executions()
-    first.__enter__()
-    frozen = gc.get_freeze_count()
-    assert frozen > 0
-    second.__enter__()
-    assert gc.get_freeze_count() == frozen  # the second search froze nothing more
-    first.__exit__(None, None, None)
-    assert gc.get_freeze_count() == frozen
-    second.__exit__(None, None, None)
-    assert gc.get_freeze_count() == 0
+    with _thresholds(700, 1, 1):
+        first, second = collecting_between_executions(), collecting_between_executions()
+        first.__enter__()
+        second.__enter__()
+        collect_garbage()  # the first full collection of either: frozen
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        collect_garbage()
+        assert gc.get_freeze_count() == frozen  # frozen once
+        first.__exit__(None, None, None)
+        assert gc.get_freeze_count() == frozen
+        second.__exit__(None, None, None)
+        assert gc.get_freeze_count() == 0
