@@ -43,6 +43,7 @@ from .p3 import VfioP3
 class VfioGroup(KStruct):
     """struct vfio_group at patch 4: ``refcount_t users`` replaces ``struct kref kref``."""
 
+    __slots__ = ("iommu_group",)  # read by the group-list walk: see base.VfioGroup
     _embedded = (
         "users",
         "container_users",

@@ -94,6 +94,7 @@ class VfioGroup(KStruct):
     """struct vfio_group at patch 5: embeds its struct device and struct cdev; ``minor`` and
     the device pointer are gone (the minor is MINOR(group->dev.devt))."""
 
+    __slots__ = ("iommu_group",)  # read by the group-list walk: see base.VfioGroup
     _embedded = (
         "dev",
         "cdev",
