@@ -9,7 +9,7 @@ from vfio_ref.kernel import CAP_SYS_ADMIN, KernelBug, UseAfterFree
 from vfio_ref.kernel.cdev import File
 from vfio_ref.kernel.device import MAJOR, MKDEV
 from vfio_ref.kernel.errno import EBUSY, ENODEV, EPERM
-from vfio_ref.kernel.iommu import iommu_group_get
+from vfio_ref.kernel.iommu import iommu_group_get, iommu_group_put
 from vfio_ref.kernel.slab import kfree
 from vfio_ref.vfio import REVIEW_FIX_LEVELS
 from vfio_ref.vfio.base import VFIO_IOMMU
@@ -203,3 +203,46 @@ def test_a_group_freed_while_listed_faults_the_lookup_that_walks_over_it(level: 
         f"BUG: KASAN: use-after-free in {lookup}: read of group->vfio_next (struct vfio_group)"
     )
     assert uaf.value.freed.function == "test_a_group_freed_while_listed_faults_the_lookup_that_walks_over_it"  # type: ignore[attr-defined]
+
+
+class _AccessLog:
+    def __init__(self) -> None:
+        self.accesses: list[tuple[str, str, bool]] = []
+
+    def access(self, obj: object, field: str, write: bool) -> None:
+        self.accesses.append((type(obj).__name__, field, write))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_groups_iommu_group_kept_in_a_slot_is_freed_memory_and_watched_like_any_member(level: str) -> None:
+    # struct vfio_group keeps iommu_group in a slot (the group-list walk reads it per entry):
+    # a read after kfree is still a use-after-free of that member, and the explorer's
+    # watched twin still reports the read and the write as a step's accesses.
+    from vfio_ref.kernel import slab
+
+    m = machine(level)
+    v, k = m.v, m.k
+    ig = iommu_group_get(m.p.devices[A])
+    cls = v.VfioGroup
+    assert "iommu_group" in cls.__slots__
+    group = slab.kzalloc(k, cls)
+    group.iommu_group = ig
+    assert "iommu_group" not in object.__getattribute__(group, "__dict__")  # in the slot
+    kfree(k, group)
+    with pytest.raises(UseAfterFree) as ei:
+        _ = group.iommu_group
+    e = ei.value
+    assert (e.field, e.access) == ("iommu_group", "read")  # type: ignore[attr-defined]
+    assert "read of group->iommu_group (struct vfio_group)" in str(e)
+
+    watched = slab.watched_class(cls)(k)
+    log = _AccessLog()
+    saved = slab.WATCH.report
+    slab.WATCH.report = log
+    try:
+        watched.iommu_group = ig
+        assert watched.iommu_group is ig
+    finally:
+        slab.WATCH.report = saved
+    assert log.accesses == [(cls.__name__, "iommu_group", True), (cls.__name__, "iommu_group", False)]
+    iommu_group_put(ig)
