@@ -200,7 +200,6 @@ def test_an_executions_step_and_choice_records_are_freed_without_the_collector()
     assert Event not in kinds and Choice not in kinds
 
 
-
 def _program_noting_the_freeze(counts: list[int], alive: list[bool] | None = None, ref: Any = None) -> Any:
     def program(ctx: Execution) -> None:
         counts.append(gc.get_freeze_count())
