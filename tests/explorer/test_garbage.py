@@ -256,7 +256,11 @@ def test_a_caller_that_froze_objects_itself_keeps_exactly_its_own_frozen() -> No
         with _thresholds(700, 1, 1):
             explore(_program_noting_the_freeze(counts), nothing, bound=2, reduction=False, traces=False,
                     shrink=False)
-        assert counts == [mine] * len(counts) and gc.get_freeze_count() == mine
+        # Frozen objects can still be freed by reference counting, so the count may drop a
+        # little; a freeze of the search's heap would raise it (by every object the search
+        # holds) and an unfreeze would take it to zero.
+        assert counts and max(counts) <= mine
+        assert mine // 2 < gc.get_freeze_count() <= mine
     finally:
         gc.unfreeze()
 
@@ -282,9 +286,11 @@ def test_the_heap_is_unfrozen_only_when_the_last_of_several_concurrent_searches_
         collect_garbage()  # the first full collection of either: frozen
         frozen = gc.get_freeze_count()
         assert frozen > 0
+        fresh = [[i] for i in range(1000)]  # tracked, not frozen: a second freeze would take them
         collect_garbage()
-        assert gc.get_freeze_count() == frozen  # frozen once
+        assert gc.get_freeze_count() <= frozen  # frozen once (reference counting may free some)
         first.__exit__(None, None, None)
-        assert gc.get_freeze_count() == frozen
+        assert frozen // 2 < gc.get_freeze_count() <= frozen  # still frozen
         second.__exit__(None, None, None)
         assert gc.get_freeze_count() == 0
+        del fresh
