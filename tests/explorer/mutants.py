@@ -424,6 +424,20 @@ M += [
         "                        gc.freeze()\n                        _froze = True\n            gc.collect(2)\n",
         [TGARB],
     ),
+    (
+        "X46 a search's executions still list every fault point they pass",
+        EXPL,
+        "                               fault_points=False)\n",
+        "                               fault_points=True)\n",
+        [EXP],
+    ),
+    (
+        "X47 a kernel built for one execution alone lists no fault point",
+        EXPL,
+        "    fault_points: bool = True,\n",
+        "    fault_points: bool = False,\n",
+        [EXP],
+    ),
 ]
 
 

@@ -248,3 +248,49 @@ def test_an_outcome_prints_its_findings_in_sorted_order_whatever_the_sets_order(
     positions = [text.index(f"function='{f.function}'") for f in idents]
     assert positions == sorted(positions)
     assert text.startswith("Outcome(observations=(), findings={FindingId(kind='warn', function='f00'")
+
+
+def _allocating_threads(seen: list[tuple[int, int]]) -> Any:
+    """Two threads that each kzalloc a struct (an injectable point); each execution notes how
+    many points its kernel listed and how many allocations it injected to fail."""
+    from vfio_ref.kernel import Mutex
+    from vfio_ref.kernel.slab import kfree, kzalloc
+
+    def program(ctx: Any) -> None:
+        k = ctx.kernel
+
+        def body() -> None:
+            m = kzalloc(k, Mutex, "m")
+            if m is not None:
+                m.lock()
+                m.unlock()
+                kfree(k, m)
+
+        t1, t2 = ctx.spawn("T1", body), ctx.spawn("T2", body)
+        ctx.join(t1, t2)
+        seen.append((len(k.fault_inject.points), len(k.fault_inject.injected)))
+
+    return program
+
+
+def test_a_searchs_executions_do_not_list_the_fault_points_they_pass_but_still_inject() -> None:
+    from vfio_ref.explorer import run_once
+    from vfio_ref.explorer.replay import ReplayStrategy
+
+    seen: list[tuple[int, int]] = []
+    ex = explore(_allocating_threads(seen), nothing, bound=1, traces=False, shrink=False)
+    assert ex.stats.exhausted and len(seen) == ex.stats.schedules > 1
+    assert {points for points, _ in seen} == {0} and {inj for _, inj in seen} == {0}
+    # One execution on its own lists them (`vfio-ref list faults` reads that)...
+    seen.clear()
+    run_once(_allocating_threads(seen), nothing, ReplayStrategy({}))
+    assert seen == [(2, 0)]
+
+    # ...and a search still injects the failures it is asked for.
+    def failing(ctx: Any) -> None:
+        ctx.kernel.fault_inject.fail("kzalloc@?")  # a test function is no kernel function: "?"
+        _allocating_threads(seen)(ctx)
+
+    seen.clear()
+    explore(failing, nothing, bound=1, traces=False, shrink=False)
+    assert seen and set(seen) == {(0, 2)}

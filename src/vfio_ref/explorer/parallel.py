@@ -217,7 +217,7 @@ def search_parallel(
     stats.sampled = isinstance(first, PctStrategy)
     col = _Collector(outcome_of)
     first.new_execution()
-    res = run_once(program, judge, first, kernel_factory=kernel_factory, max_steps=max_steps)
+    res = run_once(program, judge, first, kernel_factory=kernel_factory, max_steps=max_steps, fault_points=False)
     _account(stats, col, res)
     units = first.subtrees()
     _WORK = _Part(program, judge, first, units, make, bound, max_schedules, kernel_factory, max_steps, outcome_of)
