@@ -4,9 +4,12 @@ round after round, in one loop.
 The other benchmark modules time a figure and its floor minutes apart, and this VM's speed
 drifts by 2-5x within minutes, so a ratio of two such figures can be off by as much.  Here
 both sides of a ratio see the same machine: each round times the model and the floor back to
-back (the order swapped every round), and the ratio is the median of the rounds' ratios (a
+back (the order swapped every round), and the ratio is the median over pairs of rounds (one
+of each order) of their ratios' geometric mean (``vfio_ref.bench.order_balanced_ratio``: a
 fast moment of the machine that favours one side in one round does not decide it, as it
-would a ratio of two separate minima).  The figures shown beside it are the fastest rounds.
+would a ratio of two separate minima, and the first run after the collection between rounds,
+slower by up to a third, weighs on both sides alike).  The figures shown beside it are the
+fastest rounds.
 
 * ``kasan@LEVEL``: the lifecycle (free-running) as it runs against ``Kernel(kasan=False)``;
 * ``hook@LEVEL``: the same against the kernel's code recompiled without the scheduling hook
@@ -32,7 +35,6 @@ Run: ``pytest benchmarks/bench_paired.py``.
 from __future__ import annotations
 
 import gc
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +46,12 @@ from bench_explorer import _alternating, _AlwaysSwitch, _judge_all, _locked_step
 from bench_lookup import _Groups
 from bench_scenarios import _lifecycle
 from vfio_ref import LEVELS
-from vfio_ref.bench import fmt_time
+from vfio_ref.bench import fmt_time, order_balanced_ratio
 from vfio_ref.explorer import explore, run_once
 
 TABLE = "Paired ratios (issue 13): the model and its floor timed in turn"
-ROUNDS = 15 if QUICK else 31  # the median of that many rounds
-TOY_ROUNDS = 5 if QUICK else 9  # a round of the toy is two whole searches (about a second)
+ROUNDS = 16 if QUICK else 32  # even: each order as often (order_balanced_ratio)
+TOY_ROUNDS = 6 if QUICK else 10  # a round of the toy is two whole searches (about a second)
 
 
 def paired(
@@ -57,7 +59,8 @@ def paired(
 ) -> tuple[float, float, float]:
     """``model`` and ``floor`` timed back to back, ``rounds`` times, the order swapped every
     round, the garbage collector off (collected between rounds) unless ``gc_off`` is False: the
-    fastest round of each (seconds per call) and the median of the rounds' ratios model / floor."""
+    fastest round of each (seconds per call) and the order-balanced ratio model / floor
+    (``order_balanced_ratio``; ``rounds`` should be even)."""
     best = [float("inf"), float("inf")]
     ratios = []
     fns = (model, floor)
@@ -80,7 +83,7 @@ def paired(
             gc.enable()
         else:
             gc.disable()
-    return best[0], best[1], statistics.median(ratios)
+    return best[0], best[1], order_balanced_ratio(ratios)
 
 
 def record(
@@ -108,7 +111,8 @@ def record(
                                       "floor_label": floor_label}
     benchmark.extra_info["report"] = {
         "table": TABLE, "row": row, "col": col, "key": key, "per": 1, "show": "total",
-        "note": f"{ratio:.2f}x (median of {rounds} rounds); fastest: {fmt_time(m)} against {floor_label} {fmt_time(f)}",
+        "note": f"{ratio:.2f}x ({rounds} rounds, order-balanced); "
+                f"fastest: {fmt_time(m)} against {floor_label} {fmt_time(f)}",
     }
     return m, f
 
@@ -117,11 +121,13 @@ def record(
 
 
 INNER = 1  # lifecycles per timed call
-# A lifecycle's two variants differ by 5-15%, and on this VM one round's ratio scatters far
-# wider (quartiles 0.95, 1.09 and 1.25 over 301 rounds of one lifecycle each): the medians of
-# 15 rounds of three lifecycles ranged from 1.0 to 1.25 between runs, those of 301 rounds
-# repeated within 0.005 three times.  So many short rounds (a round is about 3 ms).
-LIFECYCLE_ROUNDS = 201 if QUICK else 401
+# A lifecycle's two variants differ by 5-15%, and one round's ratio scatters far wider: the
+# first lifecycle after the collection between rounds is slower by up to a half, so the
+# rounds' ratios fall in two clusters by order (medians 1.7x and 0.7x for KASAN at p5).  The
+# plain median of 201 rounds then read 1.0-1.26x between runs of the same code; the
+# order-balanced ratio of each two rounds cancels the order.  Many short rounds (a round is
+# 1-3 ms).
+LIFECYCLE_ROUNDS = 200 if QUICK else 400
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -218,7 +224,7 @@ def test_reduced_search_against_plain_per_schedule(benchmark: Any) -> None:
 # -- one search in one process against the same search split over two ---------------------------
 
 
-SPLIT_ROUNDS = 3 if QUICK else 5  # a round is two whole searches (about 40 s here)
+SPLIT_ROUNDS = 4 if QUICK else 6  # a round is two whole searches (about 40 s here)
 
 
 def test_split_search_against_serial(benchmark: Any) -> None:
@@ -246,10 +252,11 @@ def test_split_search_against_serial(benchmark: Any) -> None:
 # -- the report with one job against two ----------------------------------------------------------
 
 
-# A round is two reports (about 11 s quick, 2 minutes at default settings).  The quick
-# pair's median of three read 1.68-2.17x between runs; its reports are short (the p1 and p5
-# columns, 3.5 s with --jobs 2), so the quick run takes five.
-REPORT_ROUNDS = 5 if QUICK else 3
+# A round is two reports (about 11 s quick, 2 minutes at default settings, on the Xeon VM of
+# earlier passes; a third of that on the EPYC one).  The quick pair's median of three read
+# 1.68-2.17x between runs; its reports are short (the p1 and p5 columns, 3.5 s with
+# --jobs 2), so the quick run takes six.
+REPORT_ROUNDS = 6 if QUICK else 4
 
 
 def test_report_one_job_against_two(benchmark: Any) -> None:
