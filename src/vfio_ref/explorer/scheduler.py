@@ -716,9 +716,22 @@ class ControlledScheduler:
                 self._pending_switch = "preempt"
             else:
                 self._pending_switch = "block"
-            self._switch_to(chosen)
+            # _switch_to, inlined (a call is a tenth of this path).
+            self.current = chosen
+            kernel = self.kernel
+            assert kernel is not None
+            kernel._sched_task = chosen.task
+            if chosen.entered:
+                chosen.glet.switch()
+            else:
+                self._enter(chosen)
             # Somebody switched back to us: we are enabled and chosen.
-        self._begin_event(cur)
+        if self.recording:  # read again: the strategy may have started recording meanwhile
+            self._begin_event(cur)
+        else:
+            # _begin_event's count of a step not recorded, inlined.
+            cur.seq += 1
+            self.n_events += 1
         if self._slow:
             self._proceed(cur, op, obj)
 
@@ -731,7 +744,8 @@ class ControlledScheduler:
             if self.strategy.sleeping:
                 self.strategy.choose(self, ChoicePoint(-1, (enabled[0].index,), cur.index, cur_enabled))
             return enabled[0]
-        tids = tuple([t.index for t in enabled])
+        # Two runnable threads is the common case: their indices without a comprehension's call.
+        tids = (enabled[0].index, enabled[1].index) if len(enabled) == 2 else tuple([t.index for t in enabled])
         choices = self.choices
         i = len(choices)
         self.last_choice = i
