@@ -15,7 +15,11 @@ from vfio_ref.explorer import (
     parse_schedule,
     render_swimlanes,
     replay_findings,
+    run_once,
 )
+from vfio_ref.explorer.records import ChoicePoint
+from vfio_ref.explorer.replay import ReplayStrategy
+from vfio_ref.explorer.scheduler import ControlledScheduler
 from vfio_ref.explorer.strategy import format_schedule
 
 from .toys import (
@@ -171,6 +175,31 @@ def test_a_schedule_that_does_not_fit_the_program_is_rejected() -> None:
         explore(lost_update, judge_lost_update, replay="1:7")
     with pytest.raises(ScheduleMismatch, match="only 2 choice points"):
         explore(lost_update, judge_lost_update, replay="30:1")
+
+
+class _Choosing(ReplayStrategy):
+    """Chooses ``pick`` at every choice point, runnable or not (a strategy's bug)."""
+
+    def __init__(self, pick: int) -> None:
+        super().__init__({})
+        self.pick = pick
+
+    def choose(self, sched: ControlledScheduler, cp: ChoicePoint) -> int:
+        return self.pick
+
+
+@pytest.mark.parametrize("pick", [0, 7], ids=["blocked-in-join", "no-such-thread"])
+def test_a_strategy_choosing_a_thread_that_cannot_run_is_refused(pick: int) -> None:
+    # Thread 0 (main) waits in its join while T1 and T2 run; there is no thread 7.
+    with pytest.raises(ScheduleMismatch, match=rf"strategy chose thread {pick}, which cannot run; runnable: \[1, 2\]"):
+        run_once(lost_update, judge_lost_update, _Choosing(pick))
+
+
+def test_a_strategy_choosing_the_other_runnable_thread_switches_to_it() -> None:
+    # From the first choice on, T2 (2) whenever it can run: it does its whole body first.
+    res = run_once(lost_update, judge_lost_update, _Choosing(2))
+    assert [c.chosen for c in res.sched.choices][:2] == [2, 2]
+    assert res.sched.threads[2].done and res.sched.threads[1].done
 
 
 def test_schedules_round_trip_through_their_text() -> None:

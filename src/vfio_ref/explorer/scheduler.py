@@ -286,7 +286,7 @@ class ControlledScheduler:
         self.tracing = trace
         self.max_steps = max_steps
         self.kernel: Kernel | None = None
-        self.threads: list[SimThread] = []
+        self.threads: list[SimThread] = []  # every thread spawned; threads[i].index == i
         self.live: list[SimThread] = []
         self.current: SimThread | None = None
         self.step_no = 0
@@ -755,9 +755,8 @@ class ControlledScheduler:
         choices.append(_new_tuple(Choice, (tids, ci, cur_enabled, c)))
         if c == ci and cur_enabled:
             return cur
-        for t in enabled:
-            if t.index == c:
-                return t
+        if c in tids:
+            return self.threads[c]  # threads[i].index == i
         raise ScheduleMismatch(f"strategy chose thread {c}, which cannot run; runnable: {list(tids)}")
 
     def _proceed(self, cur: SimThread, op: str, obj: object) -> None:
