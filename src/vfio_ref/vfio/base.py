@@ -728,8 +728,10 @@ class VfioBase(Level):
         head = vfio.group_list
         node = list_walk_begin(head)
         while node is not head:
-            group = node.container
-            if group.iommu_group is iommu_group:
+            # The entry's field read through the node, the entry named only on a hit: two
+            # bytecodes of sixteen fewer per entry (benchmarks, ``paired:walk``).
+            if node.container.iommu_group is iommu_group:
+                group = node.container
                 self.vfio_group_get(group)
                 mutex_unlock(vfio.group_lock)
                 return group
