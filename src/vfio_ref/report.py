@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .explorer.explore import DEFAULT_MAX_SCHEDULES
+from .explorer.garbage import frozen_for_fork
 from .kernel.core import ModelUsageError
 
 AUTO = "auto"
@@ -394,7 +395,7 @@ def build_report(
         # base's (its kworker is a third thread in every scenario), then the other concurrent
         # scenarios and the fault sweep, then the rest; the catalogue's order within each.
         order = sorted(work, key=_size_rank)
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        with frozen_for_fork(), concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
             for c in pool.map(_run_cell, order):
                 cells[(c.scenario, c.level)] = c
                 if on_cell is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -12,8 +13,13 @@ from typing import Any
 
 import pytest
 
-from vfio_ref.explorer import Execution, explore
-from vfio_ref.explorer.garbage import INSIDE_THRESHOLD, collect_garbage, collecting_between_executions
+from vfio_ref.explorer import Execution, RawFinding, explore
+from vfio_ref.explorer.garbage import (
+    INSIDE_THRESHOLD,
+    collect_garbage,
+    collecting_between_executions,
+    frozen_for_fork,
+)
 from vfio_ref.kernel import Mutex
 
 from .toys import nothing
@@ -294,3 +300,65 @@ def test_the_heap_is_unfrozen_only_when_the_last_of_several_concurrent_searches_
         second.__exit__(None, None, None)
         assert gc.get_freeze_count() == 0
         del fresh
+
+
+# -- a process pool that forks: the parent's heap frozen -----------------------------------------
+
+
+def test_around_a_fork_the_heap_is_collected_then_frozen_and_unfrozen_after() -> None:
+    holder = [_Cycle()]
+    ref = weakref.ref(holder[0])
+    holder.clear()  # garbage only the cyclic collector frees
+    assert gc.get_freeze_count() == 0
+    with frozen_for_fork():
+        assert ref() is None  # collected first, not frozen with the rest
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000  # the heap: modules, classes, the test runner's objects
+    assert gc.get_freeze_count() == 0
+
+
+def test_around_a_fork_a_callers_own_freeze_is_left_alone() -> None:
+    gc.collect()
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        fresh = [[i] for i in range(1000)]  # tracked, not frozen: a second freeze would take them
+        with frozen_for_fork():
+            assert mine // 2 < gc.get_freeze_count() <= mine
+        assert mine // 2 < gc.get_freeze_count() <= mine  # not unfrozen either
+        del fresh
+    finally:
+        gc.unfreeze()
+
+
+def test_around_a_fork_a_collector_the_caller_turned_off_collects_nothing() -> None:
+    holder = [_Cycle()]
+    ref = weakref.ref(holder[0])
+    holder.clear()
+    gc.disable()
+    try:
+        with frozen_for_fork():
+            assert ref() is not None and gc.get_freeze_count() > 0
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+
+
+def _judge_unfrozen_in_a_worker(parent: int) -> Any:
+    def judge(ctx: Execution) -> list[RawFinding]:
+        if os.getpid() != parent and gc.get_freeze_count() == 0:
+            return [RawFinding("bug", "a worker's heap is not frozen", "unfrozen")]
+        return []
+
+    return judge
+
+
+def test_the_workers_of_a_split_search_start_from_the_parents_frozen_heap() -> None:
+    # Thresholds under which no search of a worker reaches a full collection of its own (so
+    # none freezes anything itself): a worker sees the heap frozen only if it inherited it.
+    with _thresholds(700, 10, 10):
+        ex = explore(_program_noting_the_freeze([]), _judge_unfrozen_in_a_worker(os.getpid()), bound=2,
+                     reduction=False, traces=False, shrink=False, jobs=2)
+    assert ex.stats.exhausted and ex.stats.jobs == 2 and ex.stats.schedules > 1
+    assert ex.clean, [f.detail for f in ex.findings]
+    assert gc.get_freeze_count() == 0  # and the parent's heap is the collector's again

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -183,9 +185,31 @@ def _sweep_signature(v: Any) -> tuple[Any, ...]:
     )
 
 
-def test_a_fault_sweep_on_two_processes_is_the_serial_one() -> None:
+@contextlib.contextmanager
+def _spying_on_the_freeze(monkeypatch: pytest.MonkeyPatch, module: Any) -> Iterator[list[int]]:
+    """``module``'s frozen_for_fork, noting the frozen count inside each use."""
+    real = module.frozen_for_fork
+    seen: list[int] = []
+
+    @contextlib.contextmanager
+    def spy() -> Iterator[None]:
+        with real():
+            seen.append(gc.get_freeze_count())
+            yield
+
+    monkeypatch.setattr(module, "frozen_for_fork", spy)
+    yield seen
+
+
+def test_a_fault_sweep_on_two_processes_is_the_serial_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    run_module = sys.modules["vfio_ref.scenarios.run"]  # the package's ``run`` is the function
     serial = run("fault_sweep", "base", bound=1, traces=True)
-    split = run("fault_sweep", "base", bound=1, traces=True, jobs=2)
+    with _spying_on_the_freeze(monkeypatch, run_module) as frozen:
+        split = run("fault_sweep", "base", bound=1, traces=True, jobs=2)
+    assert len(frozen) == 1 and frozen[0] > 0  # its pool forked from a frozen heap
+    assert gc.get_freeze_count() == 0
     assert serial.kinds() == ["leak", "warn"] and len(serial.swept) > 2
     assert _sweep_signature(split) == _sweep_signature(serial)
     assert [f.trace for f in split.findings] == [f.trace for f in serial.findings]
@@ -197,10 +221,15 @@ def test_a_fault_sweep_traces_only_this_process() -> None:
         run("fault_sweep", "p5", coverage=True, jobs=2)
 
 
-def test_the_report_on_two_processes_is_the_one_on_one() -> None:
+def test_the_report_on_two_processes_is_the_one_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vfio_ref.report as report_module
+
     args: dict[str, Any] = {"scenarios": ["lifecycle", "open_vs_last_put"], "levels": ["p1", "p5"]}
     one = build_report(**args, jobs=1)
-    two = build_report(**args, jobs=2)
+    with _spying_on_the_freeze(monkeypatch, report_module) as frozen:
+        two = build_report(**args, jobs=2)
+    assert len(frozen) == 1 and frozen[0] > 0  # its pool forked from a frozen heap
+    assert gc.get_freeze_count() == 0
     assert one.to_json(findings=True) == two.to_json(findings=True)
 
 

@@ -83,6 +83,31 @@ def collecting_between_executions() -> Iterator[bool]:
                     gc.set_threshold(*_saved)
 
 
+@contextlib.contextmanager
+def frozen_for_fork() -> Iterator[None]:
+    """Around a process pool that forks its workers: the parent's heap is collected once and
+    frozen (``gc.freeze``) until the pool is done, as the gc module's documentation advises
+    for a fork without exec.  A forked worker inherits the frozen state, so its collections
+    never walk the parent's objects (each full collection did, and the first one's writes
+    to their gc headers copied every page of that heap into the worker), and its searches
+    freeze nothing of their own (collect_garbage: the heap is frozen already).
+
+    A caller that froze objects itself is left alone (nothing is frozen or unfrozen then);
+    with the collector off nothing is collected.  Not reentrant with other freezes of the
+    same thread (a search's own freeze is undone only by the search that made it, and a
+    search does not fork)."""
+    if gc.get_freeze_count() > 0:
+        yield
+        return
+    if gc.isenabled():
+        gc.collect()  # garbage frozen now would outlive the pool (the parent's first execution)
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def collect_garbage() -> None:
     """Between two executions: the young generation always, the middle one once it has
     been through ``threshold1`` young collections, the oldest once the middle one has been

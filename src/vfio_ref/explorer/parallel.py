@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .garbage import frozen_for_fork
 from .pct import PctStrategy
 from .strategy import Strategy
 
@@ -233,7 +234,7 @@ def search_parallel(
         else:
             ctx = multiprocessing.get_context("fork")
             count = _COUNT = _SharedCount(ctx, stats.schedules, max_schedules)
-            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            with frozen_for_fork(), concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 # The shallowest nodes' subtrees are the biggest: hand them out first, so that
                 # no worker is left alone with a big one at the end; merge in the search's order.
                 # (A sample's parts are alike: they go in run order.)

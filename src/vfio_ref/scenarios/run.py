@@ -28,6 +28,7 @@ from ..explorer.explore import (
     ReductionCheck,
     Stats,
 )
+from ..explorer.garbage import frozen_for_fork
 from ..explorer.parallel import ProgramSpec
 from ..explorer.replay import ReplayStrategy
 from ..explorer.strategy import parse_schedule
@@ -511,7 +512,7 @@ def run_fault_sweep(
         explorations = map_in_order(cluster, search, units)
     elif jobs > 1 and len(units) > 1:
         ctx = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with frozen_for_fork(), concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             explorations = list(pool.map(search, units))
     else:
         with cov if cov is not None else contextlib.nullcontext():
