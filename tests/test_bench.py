@@ -403,6 +403,104 @@ def test_issue13_report_goal_takes_the_paired_speed_up_as_a_floor() -> None:
     assert goal.floor.startswith("--jobs 2 ") and goal.floor.endswith("; timed in turn, order-balanced ratio")
 
 
+_PAIRED_GOALS = [
+    # (the goal's name starts with, its pair's key, its limit, how the limit reads)
+    ("issue 13: KASAN-like poisoning", "paired:kasan@p5", 1.10, "<= 1.1x"),
+    ("issue 13: one explorer scheduling point", "paired:point", 3.0, "<= 3x"),
+    ("issue 13: group-list walk", "paired:walk@p1", 3.0, "<= 3x"),
+    ("issue 13: toy, reduced search", "paired:toy", 1.3, "<= 1.3x"),
+    ("issue 13: one depth-first search over 2 processes", "paired:split", 1.8, ">= 1.8x"),
+    ("issue 13: `vfio-ref report` with --jobs 2, throughput", "paired:report", 1.8, ">= 1.8x"),
+]
+
+
+@pytest.mark.parametrize(("goal", "key", "limit", "reads"), _PAIRED_GOALS, ids=[g[1] for g in _PAIRED_GOALS])
+def test_each_paired_issue13_goal_is_met_at_its_limit_and_missed_just_past_it(
+    goal: str, key: str, limit: float, reads: str
+) -> None:
+    floor_goal = reads.startswith(">=")  # a speed-up: the limit is a floor
+    past = limit * (0.99 if floor_goal else 1.01)
+    for ratio, met in ((limit, True), (past, False)):
+        doc = _issue13_doc(split_s=10.0, report_s=19.0, walk_p5_s=20.48e-6, toy_plain_s=0.1)
+        doc["benchmarks"].append(_pair("x", key, ratio, 1.0, "its floor"))
+        [g] = [g for g in bench.issue13_goals(bench.parse(doc)) if g.goal.startswith(goal)]
+        assert (g.ratio, g.met, g.limit) == (pytest.approx(ratio), met, reads), (goal, ratio)
+
+
+_ISSUE5_PAIRED_GOALS = [
+    ("scheduling hook: lifecycle", "paired:hook@p1", 1.05, "<= 1.05x"),
+    ("slab poisoning: lifecycle", "paired:kasan@p5", 1.05, "<= 1.05x"),
+    ("one explorer scheduling point", "paired:point", 20.0, "<= 20x"),
+]
+
+
+@pytest.mark.parametrize(("goal", "key", "limit", "reads"), _ISSUE5_PAIRED_GOALS,
+                         ids=[g[1] for g in _ISSUE5_PAIRED_GOALS])
+def test_each_paired_issue5_goal_is_met_at_its_limit_and_missed_just_past_it(
+    goal: str, key: str, limit: float, reads: str
+) -> None:
+    for ratio, met in ((limit, True), (limit * 1.01, False)):
+        doc = _doc()
+        doc["benchmarks"].append(_pair("x", key, ratio, 1.0, "its floor"))
+        [g] = [g for g in bench.goals(bench.parse(doc)) if g.goal.startswith(goal)]
+        assert (g.ratio, g.met, g.limit) == (pytest.approx(ratio), met, reads), (goal, ratio)
+
+
+def _set(doc: dict[str, Any], name: str, best: float, **extra: Any) -> None:
+    """Benchmark ``name`` of ``doc`` took ``best`` seconds for one operation."""
+    [e] = [e for e in doc["benchmarks"] if e["name"] == name]
+    e["stats"]["min"] = best
+    e["extra_info"]["report"]["per"] = 1
+    e["extra_info"].update(extra)
+
+
+def _lifecycles(doc: dict[str, Any], ratio: float) -> None:
+    # base as it runs at ``ratio`` to both its variants; p5 level with them (base is the worst)
+    for name in ("lb", "lbh", "lbk", "lp", "lph", "lpk"):
+        _set(doc, name, 1.0)
+    _set(doc, "lb", ratio)
+
+
+# (the goal's name starts with, what sets its figure to a ratio, its limit, how it reads; a
+# limit read ">=" is a floor).  Unpaired: each goal as judged when its pair did not run.
+_UNPAIRED_GOALS: list[tuple[str, Any, float, str]] = [
+    ("refcount inc", lambda d, r: (_set(d, "test_floor_lock", 1.0), _set(d, "test_refcount", r)), 3, "<= 3x"),
+    ("scheduling hook", lambda d, r: _lifecycles(d, r), 1.05, "<= 1.05x"),
+    ("slab poisoning", lambda d, r: _lifecycles(d, r), 1.05, "<= 1.05x"),
+    ("IDA alloc", lambda d, r: (_set(d, "i3", 1.0), _set(d, "i6", r)), 2, "<= 2x"),
+    ("one explorer scheduling point", lambda d, r: (_set(d, "test_floor_greenlet", 1.0), _set(d, "pt", r)),
+     20, "<= 20x"),
+    ("group create + destroy", lambda d, r: (_set(d, "cb", 1.2), _set(d, "c3", 1.0), _set(d, "c1", r)),
+     1.5, "<= 1.5x"),
+    ("issue 4: toy (2 threads x 20 locked steps) schedules per second at bound 2, restricted",
+     lambda d, r: _set(d, "toy", 0.125, schedules=0.125 * r), 10_000, ">= 10,000/s"),
+    ("issue 4: toy (2 threads x 20 locked steps) schedules per second at bound 2, plain",
+     lambda d, r: _set(d, "toy-plain", 0.125, schedules=0.125 * r), 10_000, ">= 10,000/s"),
+    ("issue 13: KASAN", lambda d, r: _lifecycles(d, r), 1.10, "<= 1.1x"),
+    ("issue 13: one explorer scheduling point",
+     lambda d, r: (_set(d, "test_floor_greenlet", 1.0), _set(d, "pt", r)), 3, "<= 3x"),
+    ("issue 13: group-list walk",
+     lambda d, r: (_set(d, "scan1024", 1.0), _set(d, "l1kp5", 1.0), _set(d, "l1kb", r)), 3, "<= 3x"),
+    ("issue 13: toy, reduced",
+     lambda d, r: (_set(d, "toy", r, schedules=1), _set(d, "toy-plain", 1.0, schedules=1)), 1.3, "<= 1.3x"),
+]
+
+
+@pytest.mark.parametrize(("goal", "setting", "limit", "reads"), _UNPAIRED_GOALS,
+                         ids=[g[0][:40] for g in _UNPAIRED_GOALS])
+def test_each_unpaired_goal_is_met_at_its_limit_and_missed_just_past_it(
+    goal: str, setting: Any, limit: float, reads: str
+) -> None:
+    floor_goal = reads.startswith(">=")
+    for ratio, met in ((limit, True), (limit * (0.99 if floor_goal else 1.01), False)):
+        doc = _issue13_doc(split_s=10.0, report_s=19.0, walk_p5_s=20.48e-6, toy_plain_s=0.1)
+        setting(doc, ratio)
+        [g] = [g for g in bench.goals(bench.parse(doc)) if g.goal.startswith(goal)]
+        assert (g.met, g.limit) == (met, reads), (goal, ratio, g)
+        if g.ratio is not None:
+            assert g.ratio == pytest.approx(ratio)
+
+
 # -- the paired benchmarks' statistic ----------------------------------------------------------
 
 
@@ -428,7 +526,9 @@ def test_order_balanced_ratio_is_a_median_over_pairs_of_rounds() -> None:
     assert bench.order_balanced_ratio([1.25]) == 1.25  # a smoke run's one round
 
 
-@pytest.mark.parametrize("ratios", [[], [1.0, 0.0], [1.0, -2.0], [float("nan"), 1.0], [float("inf"), 1.0]])
+@pytest.mark.parametrize("ratios", [[1.0, 0.0], [1.0, -2.0], [float("nan"), 1.0], [float("inf"), 1.0]])
 def test_order_balanced_ratio_refuses_rounds_it_cannot_combine(ratios: list[float]) -> None:
-    with pytest.raises(ValueError, match="order_balanced_ratio"):
+    with pytest.raises(ValueError, match=r"^order_balanced_ratio: a round's ratio must be positive and finite: \["):
         bench.order_balanced_ratio(ratios)
+    with pytest.raises(ValueError, match=r"^order_balanced_ratio: no rounds$"):
+        bench.order_balanced_ratio([])

@@ -438,6 +438,37 @@ M += [
         "    fault_points: bool = False,\n",
         [EXP],
     ),
+    (
+        "X48 a split search's pool forks from a heap that is not frozen",
+        PAR,
+        "            with frozen_for_fork(), concurrent.futures.ProcessPoolExecutor("
+        "max_workers=jobs, mp_context=ctx) as pool:\n"
+        "                # The shallowest",
+        "            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:\n"
+        "                # The shallowest",
+        [TGARB],
+    ),
+    (
+        "X49 the report's pool forks from a heap that is not frozen",
+        REPORT,
+        "        with frozen_for_fork(), concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:\n",
+        "        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:\n",
+        [TPAR],
+    ),
+    (
+        "X50 a pool's freeze keeps the garbage it found",
+        GARB,
+        "    if gc.isenabled():\n        gc.collect()  # garbage frozen now",
+        "    if False:\n        gc.collect()  # garbage frozen now",
+        [TGARB],
+    ),
+    (
+        "X51 the scheduler takes a strategy's choice without checking it can run",
+        SCHED,
+        "        if c in tids:\n            return self.threads[c]  # threads[i].index == i\n",
+        "        if c < len(self.threads):\n            return self.threads[c]  # threads[i].index == i\n",
+        [EXP],
+    ),
 ]
 
 
