@@ -716,22 +716,9 @@ class ControlledScheduler:
                 self._pending_switch = "preempt"
             else:
                 self._pending_switch = "block"
-            # _switch_to, inlined (a call is a tenth of this path).
-            self.current = chosen
-            kernel = self.kernel
-            assert kernel is not None
-            kernel._sched_task = chosen.task
-            if chosen.entered:
-                chosen.glet.switch()
-            else:
-                self._enter(chosen)
+            self._switch_to(chosen)
             # Somebody switched back to us: we are enabled and chosen.
-        if self.recording:  # read again: the strategy may have started recording meanwhile
-            self._begin_event(cur)
-        else:
-            # _begin_event's count of a step not recorded, inlined.
-            cur.seq += 1
-            self.n_events += 1
+        self._begin_event(cur)
         if self._slow:
             self._proceed(cur, op, obj)
 
