@@ -92,10 +92,9 @@ def frozen_for_fork() -> Iterator[None]:
     to their gc headers copied every page of that heap into the worker), and its searches
     freeze nothing of their own (collect_garbage: the heap is frozen already).
 
-    A caller that froze objects itself is left alone (nothing is frozen or unfrozen then);
-    with the collector off nothing is collected.  Not reentrant with other freezes of the
-    same thread (a search's own freeze is undone only by the search that made it, and a
-    search does not fork)."""
+    A heap frozen already, by the caller or by a search running in this process
+    (collect_garbage), is left alone: nothing is frozen or unfrozen then, and whoever froze
+    it unfreezes it.  With the collector off nothing is collected."""
     if gc.get_freeze_count() > 0:
         yield
         return
