@@ -16,6 +16,8 @@ fastest rounds.
   (issue 5's goal, ``_bench.sched_hook_stubbed``);
 * ``point``: one scheduling point with a switch (bench_explorer's two threads alternating
   on an atomic, 2,000 points) against one bare greenlet switch;
+* ``point-stand-in@RUNG``: the same program through a stand-in point that does only part of
+  the explorer's (``_point_floor.py``: what bounds the point from below), against the same;
 * ``walk@LEVEL``: vfio_group_get_from_iommu + vfio_group_put with 1,024 groups alive (the
   whole list walked), per entry, against a bare scan of 1,024 entries, per entry;
 * ``toy``: issue 4's toy at bound 2, the reduced search against the plain one, per schedule;
@@ -42,6 +44,7 @@ from typing import Any
 import pytest
 
 from _bench import QUICK, bare_scan, greenlet_ping_pong, is_disabled, level_label, sched_hook_stubbed, timed_loop
+from _point_floor import READS, RUNGS, stand_in_execution
 from bench_explorer import _alternating, _AlwaysSwitch, _judge_all, _locked_steps, _no_findings
 from bench_lookup import _Groups
 from bench_scenarios import _lifecycle
@@ -171,6 +174,26 @@ def test_scheduling_point_against_a_greenlet_switch(benchmark: Any) -> None:
     record(benchmark, key="paired:point", row="one scheduling point (with a switch)", col="",
            model=execution, floor=switches, per_model=points[0], per_floor=points[0] // 2 * 2,
            floor_label="a greenlet switch")
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+def test_point_stand_in_against_a_greenlet_switch(benchmark: Any, rung: str) -> None:
+    """What bounds the point from below (_point_floor.py): each stand-in's point against a
+    greenlet switch, timed in turn as the explorer's point is."""
+    execution = stand_in_execution(rung)
+    choices = execution()
+    assert choices == 2 * READS  # every point is a choice, and every choice switches
+    switches, _ = greenlet_ping_pong(choices)
+    record(benchmark, key=f"paired:point-stand-in@{rung}", row=f"a stand-in point: {STAND_IN_ROWS[rung]}",
+           col="", model=execution, floor=switches, per_model=choices, per_floor=choices,
+           floor_label="a greenlet switch")
+
+
+STAND_IN_ROWS = {
+    "protocol": "the operation's, the point's and the strategy's calls, the choice kept, the switch",
+    "wait": "+ the step count, the pending operation, every live thread's wait condition read",
+    "records": "+ the choice point and the choice as typed records, the preemption count, the step begun",
+}
 
 
 # -- the group-list walk against a bare scan --------------------------------------------------
