@@ -12,8 +12,9 @@ switch in the same run.  Each rung adds to the one before:
 * ``wait``: + the step count and its limit, the release-operation test, the running thread's
   pending operation stored (``op``, ``obj``, ``field``, ``ready``) and the runnable set read
   from every live thread's wait condition (the main thread's is the join's);
-* ``records``: + the choice point and the choice as typed records (``NamedTuple`` built with
-  ``tuple.__new__``, as the explorer builds them), the preemption count and the step begun.
+* ``records``: + the choice point and the choice as the explorer's typed records
+  (``ChoicePoint`` and ``Choice``, built with ``tuple.__new__`` as the explorer builds
+  them), the preemption count and the step begun.
 
 The explorer's point does all of that and also tests the modes a search can be in (priming
 a new thread, recording steps for the reduction, forced after the preemptions are spent,
@@ -24,28 +25,16 @@ tracing), guards a wait condition that faults, and calls ``_decide``, ``_switch_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from greenlet import greenlet
+
+from vfio_ref.explorer.records import Choice, ChoicePoint
 
 RUNGS = ("protocol", "wait", "records")
 READS = 1000  # per thread, as bench_explorer's POINTS_PER_THREAD
 _RELEASE_OPS = frozenset({"mutex_unlock", "up_read", "up_write"})
 _new = tuple.__new__
-
-
-class _ChoicePoint(NamedTuple):
-    number: int
-    enabled: tuple[int, ...]
-    running: int
-    running_enabled: bool
-
-
-class _Choice(NamedTuple):
-    enabled: tuple[int, ...]
-    running: int
-    running_enabled: bool
-    chosen: int
 
 
 class _Thread:
@@ -71,7 +60,8 @@ class _Switching:
 
 
 class _Sched:
-    """The state every rung keeps; ``point`` is each rung's."""
+    """The state every rung keeps; ``point`` is each rung's, written out whole (a helper
+    for the lines two rungs share would be a call the explorer's point does not make)."""
 
     def __init__(self) -> None:
         self.strategy = _Switching()
@@ -170,8 +160,8 @@ class _Records(_Sched):
             cur_enabled = cur in enabled
             choices = self.choices
             ci = cur.index
-            c = self.strategy.choose(self, _new(_ChoicePoint, (len(choices), tids, ci, cur_enabled)))
-            choices.append(_new(_Choice, (tids, ci, cur_enabled, c)))
+            c = self.strategy.choose(self, _new(ChoicePoint, (len(choices), tids, ci, cur_enabled)))
+            choices.append(_new(Choice, (tids, ci, cur_enabled, c)))
             th = self.threads[c]
             if th is not cur:
                 if cur_enabled:
