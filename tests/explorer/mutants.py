@@ -134,8 +134,8 @@ M: list[Mutant] = [
     (
         "X14 a capped search says it is complete",
         EXPL,
-        "    stats.complete = strategy.complete and not stats.capped and not stats.interrupted and not stats.sampled",
-        "    stats.complete = not stats.sampled",
+        "        strategy.complete and not stats.capped and not stats.interrupted and not stats.sampled\n",
+        "        not stats.sampled\n",
         [EXP],
     ),
     (
@@ -468,6 +468,34 @@ M += [
         "        if c in tids:\n            return self.threads[c]  # threads[i].index == i\n",
         "        if c < len(self.threads):\n            return self.threads[c]  # threads[i].index == i\n",
         [EXP],
+    ),
+    (
+        "X52 a reduced search that named two objects on first touch says it is complete",
+        EXPL,
+        "        and not stats.unstable_names\n    )\n",
+        "    )\n",
+        [RED],
+    ),
+    (
+        "X53 a split search drops its parts' unstable names",
+        PAR,
+        "        stats.unstable_names += st.unstable_names\n",
+        "",
+        [RED],
+    ),
+    (
+        "X54 the descriptor table is made by its first user again",
+        "src/vfio_ref/kernel/file.py",
+        "    return k.files\n",
+        '    return k.state.get("files") or k.state.setdefault("files", FilesStruct(k))\n',
+        [RED],
+    ),
+    (
+        "X55 the system workqueue is made by its first user again",
+        "src/vfio_ref/kernel/workqueue.py",
+        "    return k.system_wq\n",
+        '    return k.state.get("system_wq") or k.state.setdefault("system_wq", Workqueue(k))\n',
+        [RED],
     ),
 ]
 

@@ -49,6 +49,9 @@ def test_every_scenario_runs_at_every_level_and_its_search_is_exhausted(name: st
     v = fixed(name, level)
     assert v.scenario == name and v.level == level
     assert v.stats and all(st.exhausted for st in v.stats)
+    # Every object a recorded step touched announced itself when it was made: the names the
+    # reduction compares across executions are stable (else it could not vouch for the search).
+    assert [st.lazy_names for st in v.stats] == [0] * len(v.stats)
     for f in v.findings:
         assert f.kind in KINDS
         assert f.detail and f.schedule

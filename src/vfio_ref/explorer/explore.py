@@ -203,7 +203,12 @@ class Stats:
     wall: float = 0.0
     seed: int | None = None
     step_limit: int = 0
+    # Objects a recorded step touched that never announced themselves (named on first touch,
+    # in the order they were touched), and the executions that had two or more of them: there
+    # a name can stand for different objects in different schedules, and the reduction,
+    # which compares names across executions, cannot vouch for what it pruned.
     lazy_names: int = 0
+    unstable_names: int = 0
     jobs: int = 1
 
     @property
@@ -223,6 +228,13 @@ class Stats:
         """The space searched and whether it was exhausted, in one line."""
         if self.sampled:
             state = f"sampled ({self.schedules} schedules): not a complete search"
+        elif self.unstable_names and not self.capped and not self.interrupted:
+            state = (
+                f"NOT vouched for ({self.schedules} schedules): in {self.unstable_names} of them two or "
+                "more objects that never announced themselves were named on first touch, so the "
+                "reduction may have pruned by names that differ between schedules; search again "
+                "without the reduction"
+            )
         elif self.complete:
             state = f"exhausted ({self.schedules} schedules)"
         elif self.interrupted:
@@ -249,8 +261,13 @@ class Stats:
             lines.append(f"..... {self.step_limit} schedules hit the step limit.")
         if self.lazy_names:
             lines.append(
-                f"..... {self.lazy_names} objects were touched without having announced themselves "
-                "(the reduction cannot vouch for them)."
+                f"..... {self.lazy_names} objects were named on first touch (they never announced "
+                "themselves when made); "
+                + (
+                    f"{self.unstable_names} schedules had two or more (see the first line)."
+                    if self.unstable_names
+                    else "at most one per schedule, so it had one name in every schedule."
+                )
             )
         jobs = f" on {self.jobs} processes" if self.jobs > 1 else ""
         lines.append(f"..... Elapsed {self.wall:.3f}s ({self.rate:.0f} schedules/s){jobs}.")
@@ -485,6 +502,8 @@ def _account(stats: Stats, col: _Collector, res: RunResult) -> None:
     """Count one execution (and keep what it found, unless it was cut short as redundant)."""
     stats.schedules += 1
     stats.lazy_names += res.sched.lazy_names
+    if res.sched.lazy_names > 1:
+        stats.unstable_names += 1
     if res.redundant:
         stats.redundant += 1
         return
@@ -535,7 +554,10 @@ def _search(
                     progress.tick(stats.schedules, len(col.by_id))
     except KeyboardInterrupt:
         stats.interrupted = True
-    stats.complete = strategy.complete and not stats.capped and not stats.interrupted and not stats.sampled
+    stats.complete = (
+        strategy.complete and not stats.capped and not stats.interrupted and not stats.sampled
+        and not stats.unstable_names
+    )
     stats.wall = time.perf_counter() - t0
     return stats, col
 

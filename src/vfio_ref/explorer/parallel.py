@@ -266,12 +266,14 @@ def search_parallel(
             stats.points_max = max(stats.points_max, st.points_max)
         stats.step_limit += st.step_limit
         stats.lazy_names += st.lazy_names
+        stats.unstable_names += st.unstable_names
         stats.interrupted = stats.interrupted or st.interrupted
         col.merge(c)
     if max_schedules is not None and stats.schedules > max_schedules:
         return None
     stats.complete = (
         not stats.interrupted and not stats.sampled and all(st.complete for st, _ in parts) and len(parts) == len(units)
+        and not stats.unstable_names
     )
     stats.wall = time.perf_counter() - t0
     stats.jobs = jobs

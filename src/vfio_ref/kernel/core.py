@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .fault import FaultInjector
+    from .file import FilesStruct
     from .hb import HappensBefore
     from .lockdep import Lockdep, LockdepReport
     from .sched import Scheduler
     from .slab import Leak, Slab
+    from .workqueue import Workqueue
 
 CAP_SYS_RAWIO: Final = "CAP_SYS_RAWIO"
 CAP_SYS_ADMIN: Final = "CAP_SYS_ADMIN"
@@ -354,6 +356,20 @@ def _checkers() -> tuple[Any, ...]:
     return _CHECKERS
 
 
+_BOOT: tuple[Any, ...] | None = None
+
+
+def _boot_classes() -> tuple[Any, ...]:
+    """The classes of what a Kernel has from boot (imported on first use, as _checkers)."""
+    global _BOOT
+    if _BOOT is None:
+        from .file import FilesStruct
+        from .workqueue import Workqueue
+
+        _BOOT = (FilesStruct, Workqueue)
+    return _BOOT
+
+
 class Kernel:
     """A fresh simulated kernel.
 
@@ -407,6 +423,14 @@ class Kernel:
         self.smp = False
         self.atomic_lock = threading.Lock()
         self._os_threads: set[int] = set()
+        # What exists from boot, before any model thread runs: the user-space process's
+        # descriptor table (``current->files``; the model has one process) and the system
+        # workqueue.  Made here rather than by their first user, which is a different thread
+        # in different schedules: an explorer names an object after the thread that made it,
+        # and a search that prunes compares names across executions.
+        files_cls, wq_cls = _boot_classes()
+        self.files: FilesStruct = files_cls(self)
+        self.system_wq: Workqueue = wq_cls(self)
 
     # -- tasks -------------------------------------------------------------------------
 

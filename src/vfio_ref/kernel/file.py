@@ -44,6 +44,7 @@ from .cdev import File, FileOperations, Inode, fops_get, fput, vfs_ioctl
 from .core import Kernel, ModelUsageError, caller_outside
 from .errno import EBADF, EMFILE, ENOMEM, ERR_PTR
 from .mutex import SpinLock
+from .sched import note_created
 
 RLIMIT_NOFILE: Final = 1024  # the default soft limit: descriptors 0..1023
 O_CLOEXEC: Final = 0o2000000
@@ -65,6 +66,7 @@ class FilesStruct:
         self.open_fds: set[int] = set()
         self.next_fd = 0
         self.max_fds = RLIMIT_NOFILE
+        note_created(kernel.sched, self)
 
     def lookup_fd_raw(self, fd: int) -> File | None:
         """Model helper: the file descriptor ``fd`` names now (no lock, no scheduling
@@ -80,11 +82,9 @@ class FilesStruct:
 
 
 def current_files(k: Kernel) -> FilesStruct:
-    """``current->files``: the user-space process's descriptor table (one per kernel)."""
-    files: FilesStruct | None = k.state.get("files")
-    if files is None:
-        files = k.state.setdefault("files", FilesStruct(k))
-    return files
+    """``current->files``: the user-space process's descriptor table (one per kernel, made
+    with it)."""
+    return k.files
 
 
 def _slot_read(files: FilesStruct) -> None:

@@ -122,11 +122,8 @@ class Workqueue:
 
 
 def system_wq(k: Kernel) -> Workqueue:
-    wq = k.state.get("system_wq")
-    if wq is None:
-        wq = k.state["system_wq"] = Workqueue(k)
-    assert isinstance(wq, Workqueue)
-    return wq
+    """The system workqueue (``system_wq``: one per kernel, made with it)."""
+    return k.system_wq
 
 
 def schedule_work(k: Kernel, work: WorkStruct) -> bool:
