@@ -4,7 +4,7 @@ Before and after Jason Gunthorpe's five-patch series "Update vfio_group to use t
 cdev lifecycle" (Linux 5.16).  See README.md.
 """
 
-__version__ = "0.2.8"
+__version__ = "0.2.9"
 
 LEVELS: tuple[str, ...] = ("base", "p1", "p2", "p3", "p4", "p5")
 
